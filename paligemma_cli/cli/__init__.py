@@ -1,0 +1,47 @@
+"""The `pgm` console script: thin Typer commands over the engine.
+
+Only Typer, rich and the config dataclasses are imported here, so `pgm --help` stays fast; each
+command imports the engine (torch, transformers) when it runs.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import typer
+
+from paligemma_cli import __version__
+from paligemma_cli.cli._ui import edge
+
+app = typer.Typer(
+    name="pgm",
+    help="Fine-tune PaliGemma with QLoRA, evaluate with the official metrics, merge the results.",
+    no_args_is_help=True,
+    rich_markup_mode="rich",
+    context_settings={"help_option_names": ["-h", "--help"]},
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"pgm {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: Optional[bool] = typer.Option(
+        None, "--version", "-V", callback=_version, is_eager=True, help="Show the version and exit.")):
+    """Fine-tune PaliGemma with QLoRA, evaluate with the official metrics, merge the results.
+
+    Start with `pgm data synth vqav2 data/ --num-examples 64` and
+    `pgm train vqav2 --model-path tiny --data-root data/` to see the whole loop on CPU.
+    """
+
+
+# Further commands register below (one line each).
+
+
+def main() -> None:
+    app()
