@@ -1,0 +1,357 @@
+"""The streaming merge: check everything, then merge tensor by tensor, chunk by chunk, and write.
+
+Memory stays bounded by one chunk's working set (CHUNK_ENTRIES entries in fp32, a few copies)
+plus, for tensors whose whole-tensor statistics are needed (TIES' top-k, slerp's angle), their raw
+input rows kept between the statistics pass and the merge pass when they fit CACHE_BYTES; larger
+tensors (a 3B model's embedding) are read again instead. The output is written into a temporary
+folder next to --output and renamed into place at the end, so a failure leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from paligemma_cli.errors import PgmError
+from paligemma_cli.merge import checks
+from paligemma_cli.merge.methods import (MergeParams, MergeStats, Method, TensorHints, cosine_from_sums,
+                                         get_method, parse_layers, slerp_cosine)
+from paligemma_cli.merge.sources import (FullModel, TensorInfo, local_folder, module_name,
+                                         open_input, read_rows, safetensors_header)
+from paligemma_cli.merge.sparsify import kth_largest, rows_per_block
+from paligemma_cli.merge.writer import ITEM_BYTES, ShardedWriter
+
+CHUNK_ENTRIES = 1 << 22  # rows per chunk are chosen so a chunk holds at most about this many
+CACHE_BYTES = 768 * 1024**2  # raw input rows kept between a tensor's two passes, at most
+DEFAULT_DENSITY = 0.3  # the original merge_vlm.py's default
+FLOAT_DTYPES = ("F64", "F32", "BF16", "F16")
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".h5", ".msgpack", ".ckpt")
+PARTS = (("model.language_model.", "language model"), ("lm_head.", "language model"),
+         ("model.vision_tower.", "vision tower"), ("model.multi_modal_projector.", "projector"))
+Progress = Callable[[int, int, str], None]  # (bytes done, bytes total, tensor name)
+
+
+@dataclass(frozen=True)
+class MergeRequest:
+    """Everything `pgm merge` was asked to do (None: the method's default)."""
+
+    base_model: str
+    models: tuple[str, ...]
+    output: Path
+    mode: str = "ties"
+    weights: tuple[float, ...] | None = None
+    density: float | None = None
+    lam: float | None = None
+    seed: int = 0
+    normalize: bool | None = None
+    layers: str | None = None
+    output_format: str = "full"
+    rank: int | None = None
+    overwrite: bool = False
+    check_base: bool = True
+
+
+@dataclass
+class MergeResult:
+    output: Path
+    method: str
+    params: MergeParams
+    parts: dict[str, MergeStats]  # per model part, plus "unchanged" (copied from the base)
+    files: list[str]
+    seconds: float
+    kinds: list[str] = field(default_factory=list)  # "model" / "adapter" per input
+    lowrank_errors: dict[str, float] = field(default_factory=dict)  # adapter output only
+
+
+def part_of(key: str) -> str:
+    name = module_name(key)
+    return next((label for prefix, label in PARTS if name.startswith(prefix)), "other")
+
+
+def resolve_params(req: MergeRequest) -> tuple[Method, MergeParams]:
+    """Check the flags against each other; one PgmError listing every problem."""
+    method = get_method(req.mode)
+    n = len(req.models)
+    problems = []
+    if n < 2:
+        problems.append(f"pgm merge needs at least two models (got {n}): pass --model twice, or "
+                        "--model-a and --model-b")
+    if method.two_models and n != 2:
+        problems.append(f"--mode {method.name} merges exactly two models (got {n})")
+    weights = tuple(req.weights) if req.weights else (1.0,) * n
+    if req.weights and len(weights) != n:
+        problems.append(f"--weight was given {len(weights)} times for {n} models: give one per model, "
+                        "in --model order")
+    if req.density is not None and method.sparsify is None:
+        problems.append(f"--density has no effect with --mode {method.name}")
+    elif req.density is not None and not 0.0 < req.density <= 1.0:
+        problems.append(f"--density must be in (0, 1] (got {req.density:g})")
+    if req.lam is not None and not method.takes_lambda:
+        problems.append(f"--lambda has no effect with --mode {method.name}")
+    if req.normalize is not None and method.name in ("slerp", "layerswap"):
+        problems.append(f"--normalize/--no-normalize has no effect with --mode {method.name}")
+    if (req.layers is None) == (method.name == "layerswap"):
+        problems.append("--mode layerswap needs --layers (e.g. --layers 0-8=1,9-17=2)" if req.layers is None
+                        else f"--layers only applies to --mode layerswap, not {method.name}")
+    normalize = method.normalize if req.normalize is None else req.normalize
+    if len(weights) == n and n >= 2 and abs(sum(weights)) < 1e-8 and (
+            method.name in ("slerp", "layerswap") or (method.name == "linear" and normalize)):
+        problems.append("the --weight values sum to 0, so the weighted average is undefined")
+    if method.name == "slerp" and any(w < 0 for w in weights):
+        problems.append("--mode slerp takes non-negative --weight values (t = w_b / (w_a + w_b))")
+    if req.output_format not in ("full", "adapter"):
+        problems.append(f"--output-format must be full or adapter (got {req.output_format!r})")
+    if req.rank is not None and req.rank < 1:
+        problems.append(f"--rank must be >= 1 (got {req.rank})")
+    if problems:
+        raise PgmError("; ".join(problems) + ".", "See `pgm merge --help`.")
+    layers = parse_layers(req.layers, n) if req.layers else ()
+    density = req.density if req.density is not None else (DEFAULT_DENSITY if method.sparsify else 1.0)
+    return method, MergeParams(weights=weights, density=density, lam=1.0 if req.lam is None else req.lam,
+                               normalize=normalize, seed=req.seed, layers=layers)
+
+
+def check_output(req: MergeRequest, base_folder: Path, inputs: list) -> None:
+    output = Path(req.output).expanduser()
+    sources = [base_folder] + [i.folder for i in inputs]
+    for folder in sources:
+        if output.resolve() == folder.resolve() or output.resolve() in folder.resolve().parents:
+            raise PgmError(f"--output {req.output} is one of the inputs.", "Write the merge to a new folder.")
+    if output.exists() and not req.overwrite:
+        raise PgmError(f"--output {req.output} already exists.",
+                       "Pass --overwrite to replace it, or choose another folder.")
+
+
+def _chunk_rows(info: TensorInfo) -> list[tuple[int, int] | None]:
+    """Row ranges of a tensor, multiples of DARE's random blocks; [None] = read it whole."""
+    numel = math.prod(info.shape)
+    if not info.shape or numel <= CHUNK_ENTRIES:
+        return [None]
+    block = rows_per_block(info.shape)
+    row = numel // info.shape[0]
+    step = max(1, CHUNK_ENTRIES // (row * block)) * block
+    return [(r, min(r + step, info.shape[0])) for r in range(0, info.shape[0], step)]
+
+
+class _TensorMerge:
+    """Merges one tensor of the base: reads chunks, runs the statistics pass when the method
+    needs one, merges, writes."""
+
+    def __init__(self, key: str, info: TensorInfo, inputs: list, method: Method, params: MergeParams):
+        self.key, self.info, self.inputs, self.method, self.p = key, info, inputs, method, params
+        self.rows = _chunk_rows(info)
+        raw_bytes = math.prod(info.shape) * ITEM_BYTES[info.dtype]
+        n_read = 1 + sum(isinstance(i, FullModel) for i in inputs)
+        self.cache: dict | None = {} if len(self.rows) > 1 and raw_bytes * n_read <= CACHE_BYTES else None
+
+    def chunk(self, rows):
+        """(base raw, base fp32, per-input tau or None) for `rows`."""
+        if self.cache is not None and rows in self.cache:
+            raws = self.cache[rows]
+        else:
+            raws = [read_rows(self.info.file, self.key, rows)]
+            raws += [read_rows(i.tensors[i.by_module[module_name(self.key)]].file,
+                               i.by_module[module_name(self.key)], rows) if isinstance(i, FullModel) else None
+                     for i in self.inputs]
+            if self.cache is not None:
+                self.cache[rows] = raws
+        base_raw = raws[0]
+        base = base_raw.float()
+        deltas = []
+        for src, raw in zip(self.inputs, raws[1:]):
+            if raw is None:
+                deltas.append(src.delta(self.key, rows, base, base_raw))
+            elif raw.dtype == base_raw.dtype and torch.equal(raw, base_raw):
+                deltas.append(None)
+            else:
+                deltas.append(raw.float() - base)
+        return base_raw, base, deltas
+
+    def hints(self) -> TensorHints:
+        """Whole-tensor statistics from a first pass over the chunks (when there are several)."""
+        hints = TensorHints(name=module_name(self.key), full_shape=self.info.shape)
+        if len(self.rows) == 1:
+            return hints
+        if self.method.sparsify == "magnitude" and self.p.density < 1.0:
+            numel = math.prod(self.info.shape)
+
+            def magnitudes():
+                for rows in self.rows:
+                    _, _, deltas = self.chunk(rows)
+                    yield (rows[1] - rows[0]) * (numel // self.info.shape[0]), \
+                        [None if d is None else d.abs_() for d in deltas]
+
+            k = int(self.p.density * numel)
+            hints.cutoffs = kth_largest(magnitudes, [k] * len(self.inputs), numel)
+        elif self.method.name == "slerp":
+            sums = [0.0, 0.0, 0.0]
+            for rows in self.rows:
+                _, base, deltas = self.chunk(rows)
+                v0, v1 = (base if d is None else base + d for d in deltas)
+                sums = [a + b for a, b in zip(sums, slerp_cosine(v0, v1))]
+            hints.cos = cosine_from_sums(*sums)
+        return hints
+
+    def merged_chunks(self, stats: MergeStats, zero_safe: bool):
+        """Yield (base raw, base fp32, merged change or None where the chunk is the base's)."""
+        hints = self.hints()
+        for rows in self.rows:
+            base_raw, base, deltas = self.chunk(rows)
+            if all(d is None for d in deltas) and zero_safe:
+                yield base_raw, base, None
+                continue
+            deltas = [torch.zeros_like(base) if d is None else d for d in deltas]
+            hints.row0 = rows[0] if rows else 0
+            merged, chunk_stats = self.method(base, deltas, self.p, hints)
+            stats.add(chunk_stats)
+            yield base_raw, base, merged
+
+
+def merge(req: MergeRequest, progress: Progress | None = None) -> MergeResult:
+    """Run a merge end to end (see the module docstring); raises PgmError on bad input."""
+    method, params = resolve_params(req)
+    base_folder = local_folder(req.base_model, "--base-model")
+    if not (base_folder / "config.json").exists():
+        hint = "It is a LoRA adapter: pass it with --model and its base with --base-model." \
+            if (base_folder / "adapter_config.json").exists() else "Point it at a model folder."
+        raise PgmError(f"--base-model {req.base_model} has no config.json.", hint)
+    inputs = [open_input(spec, "--model") for spec in req.models]
+    check_output(req, base_folder, inputs)
+    base = safetensors_header(base_folder, "--base-model")
+    base_config = json.loads((base_folder / "config.json").read_text())
+    for src in inputs:
+        if isinstance(src, FullModel):
+            checks.check_full_model(src, base, base_config)
+        else:
+            checks.check_adapter(src, base, req.base_model, base_folder, req.check_base)
+    if params.layers:
+        _check_layers(params, base)
+    if req.output_format == "adapter":
+        from paligemma_cli.merge.lowrank import merge_to_adapter
+
+        return merge_to_adapter(req, method, params, inputs, base, progress)
+    return _merge_full(req, method, params, base_folder, base, inputs, progress)
+
+
+def _check_layers(params: MergeParams, base: dict[str, TensorInfo]) -> None:
+    from paligemma_cli.merge.methods import DECODER_LAYER
+
+    found = {int(m.group(1)) for k in base if (m := DECODER_LAYER.search(k))}
+    top = max(found, default=-1)
+    for first, last, _ in params.layers:
+        if last > top:
+            raise PgmError(f"--layers {first}-{last}: the model has decoder layers 0-{top}.",
+                           "Use layer indices that exist.")
+
+
+def _zero_safe(method: Method, params: MergeParams) -> bool:
+    """True when inputs equal to the base give the base back (all but an un-normalised linear)."""
+    return not (method.name == "linear" and not params.normalize and sum(params.weights) != 1.0)
+
+
+def _merge_full(req: MergeRequest, method: Method, params: MergeParams, base_folder: Path,
+                base: dict[str, TensorInfo], inputs: list, progress: Progress | None) -> MergeResult:
+    output = Path(req.output).expanduser()
+    total = sum(math.prod(i.shape) * ITEM_BYTES[i.dtype] for i in base.values())
+    parent = next(p for p in [output.parent, *output.parent.parents] if p.exists())
+    free = shutil.disk_usage(parent).free
+    if free < total * 1.05:
+        raise PgmError(f"--output {req.output}: the merged model needs {total / 1e9:.1f} GB, "
+                       f"{free / 1e9:.1f} GB are free there.", "Free some space or write elsewhere.")
+    started = time.perf_counter()
+    with staged(output) as tmp:
+        writer = ShardedWriter(tmp, [(k, i.shape, i.dtype) for k, i in base.items()])
+        try:
+            parts = _merge_tensors(method, params, base, inputs, writer, progress)
+            files = writer.close()
+        finally:
+            writer.abort()
+        _copy_side_files(base_folder, tmp)
+        result = MergeResult(output, method.name, params, parts, files, time.perf_counter() - started,
+                             [src.kind for src in inputs])
+        write_recipe(tmp, req, result)
+    return result
+
+
+@contextmanager
+def staged(output: Path):
+    """A temporary folder next to `output`: renamed into place when the block succeeds, removed
+    when it fails, so a failed merge leaves nothing behind (--overwrite swaps folders at the end)."""
+    output.parent.mkdir(parents=True, exist_ok=True)
+    tmp = output.parent / f".{output.name}.pgm-tmp-{os.getpid()}"
+    tmp.mkdir()
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    old = None
+    if output.exists():
+        old = output.parent / f".{output.name}.pgm-old-{os.getpid()}"
+        output.rename(old)
+    tmp.rename(output)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _merge_tensors(method, params, base, inputs, writer, progress) -> dict[str, MergeStats]:
+    parts: dict[str, MergeStats] = {}
+    unchanged = MergeStats()
+    zero_safe = _zero_safe(method, params)
+    done = 0
+    for key, info in base.items():
+        started = time.perf_counter()
+        numel = math.prod(info.shape)
+        stats = MergeStats()
+        changed = False
+        if info.dtype not in FLOAT_DTYPES or not any(src.touches(key) for src in inputs) and zero_safe:
+            for rows in _chunk_rows(info):
+                writer.write(key, read_rows(info.file, key, rows))
+        else:
+            for base_raw, base32, merged in _TensorMerge(key, info, inputs, method, params).merged_chunks(
+                    stats, zero_safe):
+                changed = changed or merged is not None
+                writer.write(key, base_raw if merged is None else (base32 + merged).to(base_raw.dtype))
+        stats.tensors = 1
+        stats.seconds = time.perf_counter() - started
+        if changed:
+            parts.setdefault(part_of(key), MergeStats()).add(stats)
+        else:
+            stats.entries = numel * len(inputs)
+            unchanged.add(stats)
+        done += numel * ITEM_BYTES[info.dtype]
+        if progress:
+            progress(done, writer.total_bytes, key)
+    if unchanged.tensors:
+        parts["unchanged"] = unchanged
+    return parts
+
+
+def _copy_side_files(base_folder: Path, dest: Path) -> None:
+    """Config, processor, tokenizer and generation files from the base (not its weights)."""
+    for path in sorted(base_folder.iterdir()):
+        if path.is_file() and not path.name.endswith(WEIGHT_SUFFIXES) \
+                and path.name != "model.safetensors.index.json" and not path.name.startswith("adapter_"):
+            shutil.copy2(path, dest / path.name)
+
+
+def write_recipe(folder: Path, req: MergeRequest, result: MergeResult) -> None:
+    """pgm_merge.json: how this folder was made, so a merge can be reproduced."""
+    recipe = {"base_model": req.base_model, "models": list(req.models), "mode": result.method,
+              "weights": list(result.params.weights), "density": result.params.density,
+              "lambda": result.params.lam, "normalize": result.params.normalize, "seed": result.params.seed,
+              "layers": req.layers, "output_format": req.output_format,
+              "stats": {k: vars(v) for k, v in result.parts.items()}}
+    if result.lowrank_errors:
+        recipe["rank"] = req.rank
+        recipe["relative_error"] = result.lowrank_errors
+    (folder / "pgm_merge.json").write_text(json.dumps(recipe, indent=2) + "\n")

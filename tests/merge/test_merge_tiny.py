@@ -1,0 +1,143 @@
+"""End-to-end merges of tiny PaliGemmas: adapters vs. full models, streaming, loading, generating."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from paligemma_cli.merge import driver, sparsify
+from paligemma_cli.merge.driver import MergeRequest, merge
+
+TARGET = "language_model.model.layers.1.mlp.up_proj.weight"
+
+
+def weights(folder: Path) -> dict[str, torch.Tensor]:
+    out = {}
+    for file in sorted(folder.glob("*.safetensors")):
+        out.update(load_file(file))
+    return out
+
+
+def run_merge(base, models, out, **kw):
+    return merge(MergeRequest(base_model=str(base), models=tuple(str(m) for m in models), output=out, **kw))
+
+
+def assert_same(a: dict, b: dict, atol=1e-6):
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.allclose(a[key].float(), b[key].float(), atol=atol, rtol=0), key
+
+
+@pytest.mark.parametrize("mode, extra", [("ties", {"density": 0.4}), ("dare_ties", {"density": 0.5, "seed": 5}),
+                                         ("slerp", {}), ("linear", {"weights": (2.0, 1.0)})])
+def test_adapters_and_the_equivalent_full_models_merge_alike(merge_inputs, tmp_path, mode, extra):
+    p = merge_inputs
+    from_adapters = run_merge(p["base"], [p["adapter_a"], p["adapter_b"]], tmp_path / "ad", mode=mode, **extra)
+    run_merge(p["base"], [p["full_a"], p["full_b"]], tmp_path / "full", mode=mode, **extra)
+    run_merge(p["base"], [p["adapter_a"], p["full_b"]], tmp_path / "mixed", mode=mode, **extra)
+    merged = weights(tmp_path / "ad")
+    assert_same(merged, weights(tmp_path / "full"))
+    assert_same(merged, weights(tmp_path / "mixed"))
+    base = weights(p["base"])
+    assert not torch.equal(merged[TARGET], base[TARGET])  # the language model changed ...
+    vision = "vision_tower.encoder.layers.0.mlp.fc1.weight"
+    assert torch.equal(merged[vision], base[vision])  # ... nothing else did
+    assert from_adapters.parts["unchanged"].tensors == len(base) - 14  # 2 layers x 7 projections
+
+
+def reference_ties(deltas, density, weights=(1.0, 1.0)):
+    """TIES written out the plain way (argsort top-k, sign of the sum, disjoint mean)."""
+    trimmed = []
+    for d in deltas:
+        k = int(density * d.numel())
+        keep = torch.zeros(d.numel(), dtype=torch.bool)
+        keep[torch.argsort(d.abs().reshape(-1), descending=True)[:k]] = True
+        trimmed.append(d * keep.view(d.shape))
+    weighted = [w * t for w, t in zip(weights, trimmed)]
+    sign = torch.where(sum(weighted) >= 0, 1.0, -1.0)
+    agree = [torch.sign(e) == sign for e in weighted]
+    num = sum(e * a for e, a in zip(weighted, agree))
+    den = sum(w * a.float() for w, a in zip(weights, agree))
+    return num / torch.where(den == 0, 1.0, den)
+
+
+def test_ties_matches_a_plain_reference_on_peft_weight_changes(merge_inputs, tmp_path):
+    p = merge_inputs
+    run_merge(p["base"], [p["adapter_a"], p["adapter_b"]], tmp_path / "m", density=0.3, weights=(1.0, 2.0))
+    base = weights(p["base"])
+    deltas = [weights(p[f"full_{n}"])[TARGET] - base[TARGET] for n in "ab"]  # peft's own merge
+    expected = base[TARGET] + reference_ties(deltas, 0.3, (1.0, 2.0))
+    assert torch.allclose(weights(tmp_path / "m")[TARGET], expected, atol=1e-6)
+
+
+def test_merged_model_loads_with_plain_from_pretrained_and_generates(merge_inputs, tmp_path):
+    from PIL import Image
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    p = merge_inputs
+    out = tmp_path / "merged"
+    run_merge(p["base"], [p["adapter_a"], p["noisy_1"]], out, mode="ties", density=0.5)
+    assert {"config.json", "model.safetensors", "processor_config.json", "pgm_merge.json"} <= {
+        f.name for f in out.iterdir()}
+    recipe = json.loads((out / "pgm_merge.json").read_text())
+    assert recipe["mode"] == "ties" and recipe["density"] == 0.5
+    model = AutoModelForImageTextToText.from_pretrained(out).eval()
+    processor = AutoProcessor.from_pretrained(out)
+    assert torch.equal(model.state_dict()["model.language_model.layers.1.mlp.up_proj.weight"],
+                       weights(out)[TARGET])
+    batch = processor(text=["answer en what color is it"], images=[Image.new("RGB", (32, 32), "red")],
+                      return_tensors="pt")
+    with torch.no_grad():
+        generated = model.generate(**batch, max_new_tokens=3, do_sample=False)
+    assert generated.shape[1] == batch["input_ids"].shape[1] + 3
+
+
+@pytest.mark.parametrize("mode, extra", [("ties", {"density": 0.3}), ("dare_linear", {"density": 0.6, "seed": 1}),
+                                         ("slerp", {"weights": (1.0, 3.0)}), ("magnitude_prune", {"density": 0.7})])
+def test_streaming_in_row_chunks_writes_identical_bytes(merge_inputs, tmp_path, monkeypatch, mode, extra):
+    p = merge_inputs
+    monkeypatch.setattr(sparsify, "RNG_BLOCK", 256)  # DARE blocks of 4 rows of 64
+    run_merge(p["base"], [p["noisy_1"], p["noisy_2"]], tmp_path / "whole", mode=mode, **extra)
+    monkeypatch.setattr(driver, "CHUNK_ENTRIES", 2048)  # the 1792 x 64 embedding: 56 chunks
+    monkeypatch.setattr(driver, "CACHE_BYTES", 0)  # and read again for the second pass
+    monkeypatch.setattr(sparsify, "SMALL_TENSOR", 0)  # radix select on every tensor
+    run_merge(p["base"], [p["noisy_1"], p["noisy_2"]], tmp_path / "chunked", mode=mode, **extra)
+    whole, chunked = weights(tmp_path / "whole"), weights(tmp_path / "chunked")
+    for key in whole:
+        assert torch.equal(whole[key], chunked[key]), key
+
+
+def test_adapter_output_refits_a_lora_that_peft_loads(merge_inputs, tmp_path):
+    from peft import PeftModel
+    from transformers import AutoModelForImageTextToText
+
+    p = merge_inputs
+    result = run_merge(p["base"], [p["adapter_a"], p["adapter_b"]], tmp_path / "lora", mode="task_arithmetic",
+                       weights=(0.5, 1.0), lam=0.8, output_format="adapter")
+    assert max(result.lowrank_errors.values()) < 1e-5  # rank 4 + 4 holds the sum exactly
+    run_merge(p["base"], [p["adapter_a"], p["adapter_b"]], tmp_path / "full", mode="task_arithmetic",
+              weights=(0.5, 1.0), lam=0.8)
+    base = AutoModelForImageTextToText.from_pretrained(p["base"])
+    merged = PeftModel.from_pretrained(base, tmp_path / "lora").merge_and_unload()
+    assert torch.allclose(merged.state_dict()["model.language_model.layers.1.mlp.up_proj.weight"],
+                          weights(tmp_path / "full")[TARGET], atol=1e-5)
+    small = run_merge(p["base"], [p["adapter_a"], p["adapter_b"]], tmp_path / "r2", density=0.5,
+                      output_format="adapter", rank=2)
+    assert len(small.lowrank_errors) == 14 and min(small.lowrank_errors.values()) > 0.01
+    config = json.loads((tmp_path / "r2" / "adapter_config.json").read_text())
+    assert config["r"] == 2 and config["lora_alpha"] == 2
+
+
+def test_layerswap_takes_layers_whole(merge_inputs, tmp_path):
+    p = merge_inputs
+    run_merge(p["base"], [p["noisy_1"], p["noisy_2"]], tmp_path / "swap", mode="layerswap", layers="0=2,1=1")
+    merged, one, two = weights(tmp_path / "swap"), weights(p["noisy_1"]), weights(p["noisy_2"])
+    assert torch.equal(merged["language_model.model.layers.0.mlp.up_proj.weight"],
+                       two["language_model.model.layers.0.mlp.up_proj.weight"])
+    assert torch.equal(merged[TARGET], one[TARGET])
+    embed = "language_model.model.embed_tokens.weight"
+    assert torch.allclose(merged[embed], (one[embed] + two[embed]) / 2, atol=1e-6)
