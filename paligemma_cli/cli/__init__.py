@@ -11,6 +11,7 @@ from typing import Optional
 import typer
 
 from paligemma_cli import __version__
+from paligemma_cli.cli import merge as merge_cmd
 from paligemma_cli.cli._ui import edge
 
 app = typer.Typer(
@@ -41,6 +42,7 @@ def _root(version: Optional[bool] = typer.Option(
 
 
 # Further commands register below (one line each).
+app.command("merge", help=merge_cmd.HELP)(edge(merge_cmd.merge))
 
 
 def main() -> None:

@@ -1,0 +1,152 @@
+"""`pgm merge`: flags -> MergeRequest -> merge.driver.merge -> rich table. No logic here."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.table import Table
+
+from paligemma_cli.cli._ui import console, err_console, is_interactive, quiet_libraries
+from paligemma_cli.errors import PgmError
+from paligemma_cli.merge.catalog import METHOD_INFO
+
+_METHODS_HELP = "\n\n".join(f"[bold]{m.name}[/]: {m.summary}" for m in METHOD_INFO.values())
+
+_PARAGRAPHS = (
+    "Merge fine-tuned PaliGemmas (full model folders or LoRA adapters, mixed freely) into one.",
+    "Every method works on task vectors of the full weights, tau_i = theta_i - theta_base; for an "
+    "adapter tau = B·A·alpha/r on each target module (rank_pattern, alpha_pattern and rsLoRA "
+    "respected). Methods (--mode, default ties):",
+    _METHODS_HELP,
+    "Not PEFT's add_weighted_adapter: that trims, drops and elects signs on the LoRA factors A and B "
+    "separately, so its 'ties' of two adapters is not TIES on their weight changes B·A. Here the "
+    "change of every module is merged as a whole, as in the TIES and DARE papers and mergekit.",
+    "Streams tensor by tensor (safetensors), so two 3B models merge in about 1 GB of RAM. Writes a "
+    "full model folder (sharded safetensors + config + processor) that from_pretrained and pgm load; "
+    "with --output-format adapter (adapters only), a LoRA of rank --rank fitted by truncated SVD, "
+    "with the relative error per module.",
+    "Examples:",
+    "  pgm merge --base-model google/paligemma-3b-pt-224 --model-a runs/vqav2 --model-b runs/coco "
+    "--output merged --mode ties --density 0.3",
+    "  pgm merge --base-model tiny --model a --model b --model c --weight 1 --weight 0.5 --weight 0.5 "
+    "--mode dare_ties --seed 7 -o merged",
+    "  pgm merge --base-model tiny --model a --model b --mode task_arithmetic --output-format adapter "
+    "--rank 16 -o merged-lora",
+)
+HELP = "\n\n".join(_PARAGRAPHS)
+
+
+def merge(
+    base_model: Optional[str] = typer.Option(
+        None, "--base-model", help="The model every input was fine-tuned from: a folder, a hub id, or 'tiny'."),
+    model: Optional[List[str]] = typer.Option(
+        None, "--model", "-m", help="A fine-tuned model folder or PEFT adapter folder (or hub id); repeat, 2 or more."),
+    model_a: Optional[str] = typer.Option(None, "--model-a", help="First model (merge_vlm.py's flag; goes before --model)."),
+    model_b: Optional[str] = typer.Option(None, "--model-b", help="Second model (merge_vlm.py's flag)."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Folder to create with the merge."),
+    mode: str = typer.Option("ties", "--mode", help=f"Merge method: {', '.join(METHOD_INFO)}."),
+    weight: Optional[List[float]] = typer.Option(
+        None, "--weight", "-w", help="Weight of each model, in model order (default 1 each)."),
+    density: Optional[float] = typer.Option(
+        None, "--density", help="Fraction of each task vector kept, in (0, 1] (ties, dare_*, magnitude_prune; default 0.3)."),
+    lam: Optional[float] = typer.Option(
+        None, "--lambda", help="Scale of the merged task vector (task_arithmetic, ties, dare_*, magnitude_prune; default 1)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of DARE's random drop: same seed, same merge."),
+    normalize: Optional[bool] = typer.Option(
+        None, "--normalize/--no-normalize",
+        help="Divide by the sum of the weights (per entry, of the agreeing ones, under sign election). "
+             "Default: on for linear and ties, off for the others (as mergekit)."),
+    layers: Optional[str] = typer.Option(
+        None, "--layers", help="layerswap: decoder layer ranges and the model (1.., or 'base') each comes from, e.g. 0-8=1,9-17=2."),
+    output_format: str = typer.Option("full", "--output-format", help="full (a model folder) or adapter (every input an adapter)."),
+    rank: Optional[int] = typer.Option(None, "--rank", help="Rank of the adapter output (default: the sum of the input ranks)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace --output if it exists."),
+    skip_base_check: bool = typer.Option(
+        False, "--skip-base-check", help="Accept adapters whose recorded base differs from --base-model (e.g. a local copy)."),
+) -> None:
+    models = tuple(m for m in (model_a, model_b) if m) + tuple(model or ())
+    missing = [f for f, v in (("--base-model", base_model), ("--output", output)) if not v]
+    if missing:
+        raise PgmError(f"{' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} required.",
+                       "Example: pgm merge --base-model tiny --model a --model b --output merged.")
+    quiet_libraries()
+    from paligemma_cli.merge.driver import MergeRequest
+    from paligemma_cli.merge.driver import merge as run_merge
+
+    request = MergeRequest(base_model=base_model, models=models, output=output, mode=mode,
+                           weights=tuple(weight) if weight else None, density=density, lam=lam, seed=seed,
+                           normalize=normalize, layers=layers, output_format=output_format, rank=rank,
+                           overwrite=overwrite, check_base=not skip_base_check)
+    with _progress() as progress:
+        result = run_merge(request, progress)
+    _report(result)
+
+
+class _progress:
+    """A rich progress bar on a terminal; nothing when output is captured."""
+
+    def __enter__(self):
+        self.bar = None
+        if is_interactive():
+            from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+            self.bar = Progress(TextColumn("merge"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
+                                TimeElapsedColumn(), TextColumn("[dim]{task.description}"),
+                                console=err_console, transient=True)
+            self.bar.start()
+            self.task = self.bar.add_task("", total=1)
+        return self.update if self.bar else None
+
+    def update(self, done: int, total: int, name: str) -> None:
+        self.bar.update(self.task, completed=done, total=total, description=name)
+
+    def __exit__(self, *exc):
+        if self.bar:
+            self.bar.stop()
+
+
+def _count(n: int, of: int) -> str:
+    return f"{n:,} ({100 * n / of:.1f}%)" if of else "0"
+
+
+def _report(result) -> None:
+    p = result.params
+    knobs = [f"weights {', '.join(f'{w:g}' for w in p.weights)}"]
+    info = METHOD_INFO[result.method]
+    if info.sparsify:
+        knobs.append(f"density {p.density:g}")
+    if info.takes_lambda:
+        knobs.append(f"lambda {p.lam:g}")
+    if result.method not in ("slerp", "layerswap"):
+        knobs.append("normalized" if p.normalize else "not normalized")
+    if info.random:
+        knobs.append(f"seed {p.seed}")
+    table = Table(title=f"pgm merge: {result.method} of {len(p.weights)} inputs "
+                        f"({', '.join(sorted(set(result.kinds)))}); {'; '.join(knobs)}", title_justify="left",
+                  caption="entries: task-vector entries (numel x models); trimmed: non-zero entries zeroed by "
+                          "trimming or DARE's drop; conflicts: entries whose kept values disagreed in sign "
+                          "(the elected sign won)", caption_justify="left")
+    for column in ("part", "tensors", "entries", "trimmed", "conflicts", "time"):
+        table.add_column(column, justify="left" if column == "part" else "right")
+    for part, s in result.parts.items():
+        merged = part != "unchanged"
+        table.add_row(part, f"{s.tensors:,}", f"{s.entries:,}",
+                      _count(s.trimmed, s.entries) if info.sparsify and merged else "-",
+                      _count(s.conflicts, s.entries // max(len(p.weights), 1)) if info.consensus and merged else "-",
+                      f"{s.seconds:.1f} s")
+    console.print(table)
+    if result.lowrank_errors:
+        errors = sorted(result.lowrank_errors.items(), key=lambda kv: -kv[1])
+        low = Table(title="LoRA refit: relative error ||dW - B·A|| / ||dW|| per module (worst first)",
+                    title_justify="left")
+        low.add_column("module")
+        low.add_column("error", justify="right")
+        for module, err in errors[:20]:
+            low.add_row(module, f"{err:.2e}")
+        if len(errors) > 20:
+            low.add_row(f"... {len(errors) - 20} more in pgm_merge.json", "")
+        console.print(low)
+    console.print(f"Wrote {result.output} ({', '.join(result.files[:3])}"
+                  f"{', ...' if len(result.files) > 3 else ''}) in {result.seconds:.1f} s.", highlight=False)

@@ -1,0 +1,128 @@
+"""`pgm merge` through the real CLI: bad input is one line naming the problem, and writes nothing."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from paligemma_cli.cli import app
+
+runner = CliRunner()
+
+
+def invoke(*args):
+    result = runner.invoke(app, ["merge", *map(str, args)])
+    return result, result.output  # click >= 8.2: stdout and stderr together
+
+
+def assert_one_line_error(result, text, out, *needles):
+    lines = [line for line in text.splitlines() if line.strip()]
+    assert result.exit_code == 1, text
+    assert len(lines) == 1, text
+    assert "Traceback" not in text
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+    assert not out.exists()
+    assert not [p for p in out.parent.iterdir() if ".pgm-tmp" in p.name]
+
+
+@pytest.fixture
+def two(merge_inputs):
+    return ["--base-model", merge_inputs["base"], "--model", merge_inputs["adapter_a"],
+            "--model", merge_inputs["adapter_b"]]
+
+
+def test_unknown_mode_lists_the_methods(two, tmp_path):
+    out = tmp_path / "m"
+    assert_one_line_error(*invoke(*two, "--output", out, "--mode", "fancy"), out,
+                          "--mode 'fancy'", "linear, task_arithmetic, ties, dare_ties, dare_linear, "
+                          "magnitude_prune, layerswap, slerp")
+
+
+@pytest.mark.parametrize("density", ["0", "-0.5", "1.5"])
+def test_density_outside_zero_one(two, tmp_path, density):
+    out = tmp_path / "m"
+    assert_one_line_error(*invoke(*two, "--output", out, "--density", density), out, "--density must be in (0, 1]")
+
+
+def test_density_with_a_method_that_does_not_trim(two, tmp_path):
+    out = tmp_path / "m"
+    assert_one_line_error(*invoke(*two, "--output", out, "--mode", "linear", "--density", "0.5"), out,
+                          "--density has no effect with --mode linear")
+
+
+def test_fewer_than_two_models(merge_inputs, tmp_path):
+    out = tmp_path / "m"
+    assert_one_line_error(*invoke("--base-model", merge_inputs["base"], "--model", merge_inputs["adapter_a"],
+                                  "--output", out), out, "at least two models (got 1)")
+
+
+def test_existing_output_is_refused_unless_overwrite(two, tmp_path):
+    out = tmp_path / "m"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    result, text = invoke(*two, "--output", out)
+    assert result.exit_code == 1 and "already exists" in text and "--overwrite" in text
+    assert (out / "keep.txt").read_text() == "mine"
+    result, text = invoke(*two, "--output", out, "--overwrite", "--mode", "dare_ties", "--seed", "3")
+    assert result.exit_code == 0, text
+    assert "conflicts" in text and not (out / "keep.txt").exists()
+    assert (out / "model.safetensors").exists()
+
+
+def test_models_of_another_architecture(merge_inputs, tiny_pg2_dir, tmp_path):
+    out = tmp_path / "m"
+    assert_one_line_error(*invoke("--base-model", merge_inputs["base"], "--model", merge_inputs["noisy_1"],
+                                  "--model", tiny_pg2_dir, "--output", out), out,
+                          str(tiny_pg2_dir), "gemma2", "first differing tensor: language_model.model.layers.0.")
+
+
+def test_models_with_a_differently_shaped_tensor(merge_inputs, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    odd = tmp_path / "odd"
+    shutil.copytree(merge_inputs["noisy_2"], odd)
+    state = load_file(odd / "model.safetensors")
+    state["language_model.model.layers.1.mlp.up_proj.weight"] = torch.zeros(96, 64)
+    save_file(state, odd / "model.safetensors", metadata={"format": "pt"})
+    out = tmp_path / "m"
+    assert_one_line_error(*invoke("--base-model", merge_inputs["base"], "--model", merge_inputs["noisy_1"],
+                                  "--model", odd, "--output", out), out,
+                          "language_model.model.layers.1.mlp.up_proj.weight has shape [96, 64], the base [128, 64]")
+
+
+def test_adapter_trained_on_another_base(merge_inputs, tmp_path):
+    other = tmp_path / "other"
+    shutil.copytree(merge_inputs["adapter_b"], other)
+    config = json.loads((other / "adapter_config.json").read_text())
+    config["base_model_name_or_path"] = "google/paligemma-3b-pt-224"
+    (other / "adapter_config.json").write_text(json.dumps(config))
+    out = tmp_path / "m"
+    assert_one_line_error(*invoke("--base-model", merge_inputs["base"], "--model", merge_inputs["adapter_a"],
+                                  "--model", other, "--output", out), out,
+                          "was trained on google/paligemma-3b-pt-224", "--skip-base-check")
+    result, text = invoke("--base-model", merge_inputs["base"], "--model", merge_inputs["adapter_a"],
+                          "--model", other, "--output", out, "--skip-base-check")
+    assert result.exit_code == 0, text
+
+
+def test_missing_input_and_output_flags(merge_inputs, tmp_path):
+    out = tmp_path / "m"
+    assert_one_line_error(*invoke("--base-model", merge_inputs["base"], "--model", merge_inputs["adapter_a"],
+                                  "--model", tmp_path / "nope", "--output", out), out, "nope does not exist")
+    assert_one_line_error(*invoke("--base-model", merge_inputs["base"], "--model", "a", "--model", "b"), out,
+                          "--output is required")
+
+
+def test_original_flags_and_adapter_output(merge_inputs, tmp_path):
+    out = tmp_path / "lora"
+    result, text = invoke("--base-model", merge_inputs["base"], "--model-a", merge_inputs["adapter_a"],
+                          "--model-b", merge_inputs["adapter_b"], "--output", out, "--mode", "ties",
+                          "--density", "0.3", "--output-format", "adapter", "--rank", "3")
+    assert result.exit_code == 0, text
+    assert "relative error" in text and (out / "adapter_model.safetensors").exists()
+    assert json.loads((out / "adapter_config.json").read_text())["r"] == 3
