@@ -11,9 +11,8 @@ import dataclasses
 import functools
 import inspect
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Literal, Optional
 
-import click
 import typer
 
 from paligemma_cli.config import flag
@@ -51,7 +50,7 @@ def field_parameter(f: dataclasses.Field, panel: str | None) -> inspect.Paramete
     kwargs: dict[str, Any] = dict(help=meta["help"], show_default=_default_text(f),
                                   rich_help_panel=panel)
     if meta.get("choices"):
-        kwargs["click_type"] = click.Choice(list(meta["choices"]))
+        annotation = Optional[Literal[tuple(meta["choices"])]]  # typer shows and checks the choices
     return inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY,
                              default=typer.Option(None, *decls, **kwargs), annotation=annotation)
 

@@ -165,13 +165,21 @@ def attach_lora(model, model_cfg: ModelConfig, lora_cfg: LoraConfig, seed: int =
             model, use_gradient_checkpointing=model_cfg.gradient_checkpointing,
             gradient_checkpointing_kwargs=gc_kwargs)
     elif model_cfg.gradient_checkpointing:
-        enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
-        enable(gradient_checkpointing_kwargs=gc_kwargs)
+        if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.x name
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs=gc_kwargs)
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=gc_kwargs)
         model.enable_input_require_grads()
     peft_cfg = PeftLoraConfig(
         r=lora_cfg.lora_rank, lora_alpha=lora_cfg.lora_alpha, lora_dropout=lora_cfg.lora_dropout,
         target_modules=lora_target_regex(lora_cfg.target_parts()), bias="none",
         task_type="CAUSAL_LM")
+    # bitsandbytes repacks 4-bit weights into an inference-only CPU layout the first time a layer
+    # runs in eval mode (e.g. generation during --eval-steps); training on the repacked weights
+    # then fails. A model being trained keeps the trainable layout.
+    for module in model.modules():
+        if hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = False
     torch.manual_seed(seed)  # LoRA A init is random: same seed, same adapter
     return get_peft_model(model, peft_cfg)
 

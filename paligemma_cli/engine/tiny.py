@@ -15,7 +15,7 @@ from pathlib import Path
 TINY_NAMES = {"tiny": "gemma", "tiny-pg2": "gemma2"}
 TINY_IMAGE_SIZE = 32
 TINY_PATCH = 8
-_VERSION = "v1"  # bump when the recipe changes so stale caches are rebuilt
+_VERSION = "v3"  # bump when the recipe changes so stale caches are rebuilt
 
 
 def tiny_cache_dir() -> Path:
@@ -82,8 +82,15 @@ def build_tiny(out_dir: Path, variant: str = "tiny", seed: int = 0) -> Path:
                              projection_dim=64,
                              image_token_index=processor.tokenizer.convert_tokens_to_ids("<image>"))
     config.text_config.vocab_size = vocab
+    config.tie_word_embeddings = config.text_config.tie_word_embeddings = False
     torch.manual_seed(seed)
     model = PaliGemmaForConditionalGeneration(config)
+    # lm_head is untied and drawn wider than the default 0.02: with a frozen random lm_head and
+    # unit-RMS final states, std 0.02 caps every logit near 1, so no LoRA could make an answer
+    # likely; wider tied embeddings would instead drown the image tokens in the residual stream.
+    # Real checkpoints have trained embeddings; this keeps the tiny one learnable.
+    with torch.no_grad():
+        model.lm_head.weight.normal_(0.0, 0.25)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out_dir)

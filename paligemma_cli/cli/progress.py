@@ -1,0 +1,75 @@
+"""Rich implementations of the engine's Events: live bars on a terminal, plain log lines elsewhere."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                           TimeRemainingColumn)
+
+from paligemma_cli.cli._ui import console
+from paligemma_cli.engine.events import Events
+
+
+def _fmt(metrics: dict[str, Any]) -> str:
+    parts = []
+    for key, value in metrics.items():
+        if isinstance(value, float):
+            parts.append(f"{key} {value:.4g}")
+        elif isinstance(value, int):
+            parts.append(f"{key} {value}")
+    return "  ".join(parts)
+
+
+class RichEvents(Events):
+    def __init__(self):
+        self.live = console.is_terminal
+        self.progress = Progress(
+            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("{task.fields[stats]}"), TimeElapsedColumn(), TextColumn("ETA"),
+            TimeRemainingColumn(), console=console, disable=not self.live, transient=False)
+        self.train_task = None
+        self.eval_task = None
+
+    def message(self, text: str, level: str = "info") -> None:
+        style = "yellow" if level == "warning" else "dim"
+        console.print(f"[{style}]{text}[/]", highlight=False)
+
+    def train_start(self, total_steps: int, start_step: int, info: dict[str, Any]) -> None:
+        console.print(f"Training {info['task']} on {info['device']}: {total_steps} steps, effective batch "
+                      f"{info['effective_batch']}, {info['trainable_params']:,} trainable of "
+                      f"{info['total_params']:,} parameters.", highlight=False)
+        self.progress.start()
+        self.train_task = self.progress.add_task("train", total=total_steps, completed=start_step, stats="")
+
+    def train_step(self, step: int, metrics: dict[str, Any]) -> None:
+        if metrics:
+            stats = f"loss {metrics['loss']:.4f}  lr {metrics['lr']:.2e}  {metrics['samples_per_s']:.1f} samples/s"
+            self.progress.update(self.train_task, completed=step, stats=stats)
+            if not self.live:
+                console.print(f"step {step}  {stats}", highlight=False)
+        else:
+            self.progress.update(self.train_task, completed=step)
+
+    def checkpoint_saved(self, path: str, step: int) -> None:
+        if not self.live:
+            console.print(f"[dim]checkpoint {path}[/]", highlight=False)
+
+    def train_end(self, summary: dict[str, Any]) -> None:
+        self.progress.stop()
+
+    def eval_start(self, total: int, description: str) -> None:
+        if not self.progress.live.is_started:
+            self.progress.start()
+        self.eval_task = self.progress.add_task(description, total=total, stats="")
+
+    def eval_advance(self, count: int) -> None:
+        self.progress.advance(self.eval_task, count)
+
+    def eval_end(self, metrics: dict[str, Any]) -> None:
+        self.progress.remove_task(self.eval_task)
+        shown = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
+        console.print(f"[cyan]eval[/] {_fmt(shown)}", highlight=False)
+
+    def close(self) -> None:
+        self.progress.stop()

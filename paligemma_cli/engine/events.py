@@ -1,0 +1,33 @@
+"""How the engine reports progress without importing a UI: the CLI passes an `Events` subclass."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class Events:
+    """No-op callbacks; the CLI's rich implementation overrides what it shows."""
+
+    def message(self, text: str, level: str = "info") -> None:
+        """A one-line note (level: info, warning)."""
+
+    def train_start(self, total_steps: int, start_step: int, info: dict[str, Any]) -> None:
+        """Training begins (or resumes at `start_step`)."""
+
+    def train_step(self, step: int, metrics: dict[str, Any]) -> None:
+        """An optimiser step finished; metrics has loss, lr, samples_per_s (on logging steps)."""
+
+    def train_end(self, summary: dict[str, Any]) -> None:
+        """Training is over; summary is what the final table shows."""
+
+    def checkpoint_saved(self, path: str, step: int) -> None:
+        """A checkpoint was written atomically."""
+
+    def eval_start(self, total: int, description: str) -> None:
+        """Generation over `total` examples begins."""
+
+    def eval_advance(self, count: int) -> None:
+        """`count` more examples were generated."""
+
+    def eval_end(self, metrics: dict[str, Any]) -> None:
+        """Generation and scoring finished."""

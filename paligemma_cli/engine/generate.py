@@ -1,0 +1,38 @@
+"""Batched greedy generation: left padding, only the new tokens decoded."""
+
+from __future__ import annotations
+
+from typing import Callable, Iterator, Sequence
+
+from paligemma_cli.engine.batches import generation_batch, to_device
+from paligemma_cli.tasks import Example
+
+
+def clean_prediction(text: str) -> str:
+    """Strip whitespace; PaliGemma answers end at <eos> or a newline."""
+    return text.split("\n")[0].strip()
+
+
+def generate_answers(model, processor, examples: Sequence[Example], *, max_new_tokens: int,
+                     batch_size: int, on_batch: Callable[[int], None] | None = None) -> Iterator[str]:
+    """Yield one prediction per example, in order, generating `batch_size` at a time."""
+    import torch
+
+    tokenizer = processor.tokenizer
+    was_training = model.training
+    model.eval()
+    try:
+        for start in range(0, len(examples), batch_size):
+            chunk = examples[start:start + batch_size]
+            batch = to_device(generation_batch(processor, chunk), model)
+            with torch.inference_mode():
+                out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False,
+                                     num_beams=1, pad_token_id=tokenizer.pad_token_id)
+            new_tokens = out[:, batch["input_ids"].shape[1]:]
+            for text in tokenizer.batch_decode(new_tokens, skip_special_tokens=True):
+                yield clean_prediction(text)
+            if on_batch:
+                on_batch(len(chunk))
+    finally:
+        if was_training:
+            model.train()

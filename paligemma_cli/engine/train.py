@@ -1,0 +1,334 @@
+"""The QLoRA training loop (accelerate): one process or many, resumable bit-for-bit.
+
+Gradient accumulation is counted by position inside the epoch (not by a global counter), so a
+run resumed from a checkpoint accumulates exactly the same micro-batches as one never stopped.
+Only the main process writes checkpoints, logs and events.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import signal
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from paligemma_cli.config import TrainRun
+from paligemma_cli.engine.checkpoint import (LoopState, latest_checkpoint, load_checkpoint, rng_state,
+                                             save_checkpoint, set_rng_state)
+from paligemma_cli.engine.events import Events
+from paligemma_cli.engine.outputs import prepare_output_dir, record_written
+from paligemma_cli.errors import PgmError
+
+LOG_FILE = "train_log.jsonl"
+RUN_CONFIG = "run_config.json"
+
+
+@dataclass
+class TrainResult:
+    output_dir: Path
+    global_step: int
+    total_steps: int
+    final_loss: float | None
+    seconds: float
+    interrupted: bool = False
+    best: dict[str, Any] | None = None
+    eval_history: list[dict[str, Any]] = field(default_factory=list)
+    truncated_examples: int = 0
+
+
+class EpochSampler:
+    """A fresh permutation per epoch from (seed, epoch): the same order after a resume."""
+
+    def __init__(self, n: int, seed: int):
+        self.n, self.seed, self.epoch = n, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self):
+        import torch
+
+        gen = torch.Generator().manual_seed(self.seed + self.epoch)
+        return iter(torch.randperm(self.n, generator=gen).tolist())
+
+
+class _StopFlag:
+    """SIGINT/SIGTERM ask the loop to checkpoint at the next step and stop."""
+
+    def __init__(self):
+        self.requested = False
+        self._old = {}
+
+    def __enter__(self):
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._old[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread
+                pass
+        return self
+
+    def _handle(self, signum, frame):
+        if self.requested:  # a second Ctrl-C stops at once
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __exit__(self, *exc):
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+
+def _make_optimizer(run: TrainRun, params):
+    import torch
+
+    name = run.train.optimizer
+    kwargs = {"lr": run.train.learning_rate, "weight_decay": run.train.weight_decay}
+    if name == "adamw":
+        return torch.optim.AdamW(params, **kwargs)
+    if not torch.cuda.is_available():
+        raise PgmError(f"--optimizer {name} needs a CUDA GPU.", "Use --optimizer adamw on CPU.")
+    import bitsandbytes as bnb
+
+    cls = bnb.optim.PagedAdamW8bit if name == "paged_adamw_8bit" else bnb.optim.AdamW8bit
+    return cls(params, **kwargs)
+
+
+def _make_scheduler(run: TrainRun, optimizer, total_steps: int):
+    from transformers import get_scheduler
+
+    name = {"constant": "constant_with_warmup"}.get(run.train.lr_scheduler, run.train.lr_scheduler)
+    warmup = int(math.ceil(run.train.warmup_ratio * total_steps))
+    return get_scheduler(name, optimizer, num_warmup_steps=warmup, num_training_steps=total_steps)
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, default=str))
+    tmp.replace(path)
+
+
+def train(run: TrainRun, events: Events | None = None) -> TrainResult:
+    """Run `pgm train`: load data and model, train with LoRA, checkpoint, evaluate, save the adapter."""
+    import torch
+    from accelerate import Accelerator
+
+    from paligemma_cli.data.sources import load_examples
+    from paligemma_cli.engine.batches import TrainCollator, TrainingSet, to_device
+    from paligemma_cli.engine.model import attach_lora, device_kind, load_model, load_processor, resolve_compute_dtype
+    from paligemma_cli.engine.tracking import Tracker
+    from paligemma_cli.tasks import get_task
+
+    events = events or Events()
+    cfg = run.train
+    task = get_task(run.data.task)
+    started = time.time()
+
+    mixed = "bf16" if (device_kind() == "cuda" and resolve_compute_dtype(run.model.compute_dtype) == torch.bfloat16) else "no"
+    accelerator = Accelerator(mixed_precision=mixed, cpu=device_kind() == "cpu")
+    main = accelerator.is_main_process
+    if not main:
+        events = Events()
+
+    out = Path(cfg.output_dir)
+    if main:
+        prepare_output_dir(out, overwrite=cfg.overwrite, resume=cfg.resume)
+    accelerator.wait_for_everyone()
+
+    train_examples = load_examples(task, run.data, "train")
+    eval_examples, eval_extra = [], {}
+    if cfg.eval_steps:
+        eval_examples = load_examples(task, run.data, "eval")
+        if run.data.data_root is not None:
+            from paligemma_cli.data.sources import split_for
+
+            eval_extra = task.load_score_extra(Path(run.data.data_root), split_for(task, run.data, "eval"))
+    events.message(f"{task.title}: {len(train_examples)} training examples"
+                   + (f", {len(eval_examples)} for evaluation" if eval_examples else ""))
+
+    processor = load_processor(run.model.model_path, run.model.revision)
+    model = load_model(run.model)
+    model = attach_lora(model, run.model, run.lora, seed=cfg.seed)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total_params = sum(p.numel() for p in model.parameters())
+
+    dataset = TrainingSet(task, train_examples, cfg.seed)
+    sampler = EpochSampler(len(dataset), cfg.seed)
+    collator = TrainCollator(processor, run.data.max_length or task.max_length)
+    # Its own generator: a loader iterator drawing from the global RNG would shift dropout masks
+    # after a mid-epoch resume.
+    loader = torch.utils.data.DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler,
+                                         collate_fn=collator, num_workers=0, drop_last=False,
+                                         generator=torch.Generator().manual_seed(cfg.seed))
+    optimizer = _make_optimizer(run, [p for p in model.parameters() if p.requires_grad])
+    model, loader = accelerator.prepare(model, loader)
+
+    accum = cfg.gradient_accumulation_steps
+    batches_per_epoch = len(loader)
+    steps_per_epoch = math.ceil(batches_per_epoch / accum)
+    total_steps = cfg.max_steps or max(1, math.ceil(cfg.num_epochs * steps_per_epoch))
+    scheduler = _make_scheduler(run, optimizer, total_steps)
+
+    state = LoopState(total_steps=total_steps)
+    if cfg.resume:
+        ckpt = latest_checkpoint(out)
+        if ckpt is None:
+            raise PgmError(f"--resume: no complete checkpoint in {out / 'checkpoints'}.",
+                           "Drop --resume to start over (with --overwrite).")
+        state, rng = load_checkpoint(ckpt, accelerator.unwrap_model(model), optimizer, scheduler)
+        set_rng_state(rng)
+        if state.total_steps != total_steps:
+            events.message(f"Resumed run planned {state.total_steps} steps; now {total_steps}.", "warning")
+            state.total_steps = total_steps
+        events.message(f"Resuming from {ckpt.name} (step {state.global_step} of {total_steps}).")
+
+    tracker = Tracker(cfg.use_wandb and main, cfg.wandb_project, run.to_dict(), out, state.wandb_run_id)
+    state.wandb_run_id = tracker.run_id
+    if main:
+        _write_json(out / RUN_CONFIG, {"pgm_run": run.to_dict(), "task": task.name,
+                                       "trainable_params": trainable, "total_params": total_params,
+                                       "processes": accelerator.num_processes, "total_steps": total_steps})
+        record_written(out, [RUN_CONFIG, LOG_FILE, "checkpoints"])
+
+    events.train_start(total_steps, state.global_step, {
+        "task": task.name, "examples": len(train_examples), "trainable_params": trainable,
+        "total_params": total_params, "effective_batch": cfg.batch_size * accum * accelerator.num_processes,
+        "device": str(accelerator.device), "processes": accelerator.num_processes})
+
+    def checkpoint() -> Path | None:
+        path = None
+        if main:
+            saved = replace(state)
+            if saved.batch_in_epoch == batches_per_epoch:  # the epoch is over: resume starts the next
+                saved.epoch, saved.batch_in_epoch = saved.epoch + 1, 0
+            path = save_checkpoint(out, accelerator.unwrap_model(model), optimizer, scheduler, saved,
+                                   keep=cfg.save_total_limit, rng=rng_state())
+            events.checkpoint_saved(str(path), state.global_step)
+        accelerator.wait_for_everyone()
+        return path
+
+    def run_eval() -> None:
+        from paligemma_cli.engine.evaluate import evaluate_model
+
+        if main:
+            result = evaluate_model(task, accelerator.unwrap_model(model), processor, eval_examples,
+                                    max_new_tokens=run.eval.max_new_tokens or task.max_new_tokens,
+                                    batch_size=run.eval.eval_batch_size, extra=eval_extra, events=events)
+            value = result.metrics.get(task.headline)
+            entry = {"step": state.global_step, **{k: v for k, v in result.metrics.items()
+                                                   if isinstance(v, (int, float))}}
+            state.log_history.append({"eval": entry})
+            tracker.log({f"eval/{k}": v for k, v in entry.items() if k != "step"}, state.global_step)
+            if value is not None and (state.best_metric is None or value > state.best_metric):
+                state.best_metric, state.best_step = value, state.global_step
+                accelerator.unwrap_model(model).save_pretrained(out / "best")
+                processor.save_pretrained(out / "best")
+                record_written(out, ["best"])
+        accelerator.wait_for_everyone()
+
+    log_path = out / LOG_FILE
+    model.train()
+    last_loss = None
+    window_loss, window_n, window_samples, window_t = 0.0, 0, 0, time.time()
+    interrupted = False
+    with _StopFlag() as stop:
+        while state.global_step < total_steps and not interrupted:
+            sampler.set_epoch(state.epoch)
+            dataset.set_epoch(state.epoch)
+            skip = state.batch_in_epoch
+            epoch_loader = accelerator.skip_first_batches(loader, skip) if skip else loader
+            pos = skip
+            for batch in epoch_loader:
+                pos += 1
+                group_start = ((pos - 1) // accum) * accum
+                group_len = min(accum, batches_per_epoch - group_start)
+                sync = pos == group_start + group_len
+                batch = to_device(batch, model)
+                ctx = accelerator.no_sync(model) if not sync else contextlib.nullcontext()
+                with ctx, accelerator.autocast():
+                    loss = model(**batch).loss
+                    finite = torch.isfinite(loss.detach()).float()
+                    if accelerator.num_processes > 1:
+                        finite = accelerator.reduce(finite, "min")
+                    if finite.item() < 1:
+                        prev = latest_checkpoint(out)
+                        raise PgmError(
+                            f"The loss became {loss.item()} at step {state.global_step + 1} "
+                            f"(epoch {state.epoch}, micro-batch {pos}).",
+                            "Likely causes: a learning rate too high (try --learning-rate 1e-5), fp16 "
+                            "compute on Gemma (use --compute-dtype bf16 or fp32), or a bad example. "
+                            + (f"Last good checkpoint: {prev}; rerun with --resume." if prev else ""))
+                    accelerator.backward(loss / group_len)
+                window_loss += loss.detach().float().item() / group_len
+                window_samples += batch["input_ids"].shape[0] * accelerator.num_processes
+                if not sync:
+                    continue
+                if cfg.max_grad_norm > 0:
+                    accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                state.global_step += 1
+                state.batch_in_epoch = pos
+                window_n += 1
+                step_loss = window_loss / window_n
+                if accelerator.num_processes > 1:
+                    step_loss = accelerator.reduce(torch.tensor(step_loss, device=accelerator.device), "mean").item()
+                last_loss = step_loss
+                if state.global_step % cfg.logging_steps == 0 or state.global_step == total_steps:
+                    elapsed = max(time.time() - window_t, 1e-9)
+                    record = {"step": state.global_step, "epoch": state.epoch, "loss": step_loss,
+                              "lr": scheduler.get_last_lr()[0], "samples_per_s": window_samples / elapsed}
+                    state.log_history.append(record)
+                    if main:
+                        with open(log_path, "a") as fh:
+                            fh.write(json.dumps(record) + "\n")
+                    tracker.log({"train/loss": step_loss, "train/lr": record["lr"]}, state.global_step)
+                    events.train_step(state.global_step, record)
+                    window_loss, window_n, window_samples, window_t = 0.0, 0, 0, time.time()
+                else:
+                    events.train_step(state.global_step, {})
+                if cfg.eval_steps and state.global_step % cfg.eval_steps == 0:
+                    run_eval()
+                done = state.global_step >= total_steps
+                if stop.requested or done or state.global_step % cfg.save_steps == 0:
+                    checkpoint()
+                if stop.requested:
+                    interrupted = True
+                    break
+                if done:
+                    break
+            else:
+                state.epoch, state.batch_in_epoch = state.epoch + 1, 0
+
+    result = TrainResult(out, state.global_step, total_steps, last_loss, time.time() - started,
+                         interrupted=interrupted, truncated_examples=collator.truncated,
+                         eval_history=[h["eval"] for h in state.log_history if "eval" in h])
+    if interrupted:
+        tracker.finish()
+        return result
+    if cfg.eval_steps and (not result.eval_history or result.eval_history[-1]["step"] != state.global_step):
+        run_eval()
+        result.eval_history = [h["eval"] for h in state.log_history if "eval" in h]
+    if main:
+        final = accelerator.unwrap_model(model)
+        final.save_pretrained(out)
+        processor.save_pretrained(out)
+        from paligemma_cli.engine.plot import plot_loss_curve
+
+        written = ["adapter_config.json", "adapter_model.safetensors", "README.md"]
+        written += [p.name for p in out.iterdir() if p.name.endswith((".json", ".model")) and "config" in p.name
+                    or p.name.startswith(("tokenizer", "processor", "special_tokens", "preprocessor"))]
+        if plot_loss_curve(log_path, out / "loss.png"):
+            written.append("loss.png")
+        record_written(out, written)
+        if state.best_step is not None:
+            result.best = {"step": state.best_step, task.headline: state.best_metric}
+    tracker.finish()
+    accelerator.wait_for_everyone()
+    return result

@@ -1,0 +1,144 @@
+"""What a task is: where its examples come from, how it prompts, what it is scored by.
+
+A task file (one per data set) subclasses `Task` and fills in the official on-disk loader, the
+hub-row mapping, the training target, the official result format, the scorer and the writer of
+synthetic data. The three data sources (official layout, hub dataset, JSONL) all end as a list of
+`Example`s whose images are loaded only when a batch needs them.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Hashable, Iterable, Sequence
+
+from paligemma_cli.errors import PgmError
+
+
+@dataclass
+class Example:
+    """One question (or image, for captioning). `image` is a path or a zero-argument loader."""
+
+    id: Hashable
+    image: Path | Callable[[], Any] | None
+    prefix: str
+    answers: list[str]
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Score:
+    """A scorer's result: headline metrics (the keys of metrics.json) and per-example scores."""
+
+    metrics: dict[str, Any]
+    per_example: dict[Hashable, float]
+    notes: list[str] = field(default_factory=list)
+
+
+class Task:
+    name: str = ""
+    title: str = ""
+    prompt_template: str = "answer en {question}"
+    max_length: int = 64
+    max_new_tokens: int = 16
+    train_split: str = "train"
+    eval_split: str = "val"
+    headline: str = "accuracy"  # the metric `--eval-steps` tracks (higher is better)
+    id_key: str = "question_id"  # id field of the official result format
+    answer_key: str = "answer"  # answer field of the official result format
+    hf_id: str = ""
+    hf_splits: dict[str, str] = {}
+
+    # ----- prompts and targets -------------------------------------------------------------
+    def prefix(self, question: str | None, template: str | None = None) -> str:
+        return (template or self.prompt_template).format(question=question or "").strip()
+
+    def training_target(self, example: Example, rng: random.Random) -> str:
+        """The suffix to supervise; default the first reference."""
+        return example.answers[0]
+
+    # ----- the three sources ---------------------------------------------------------------
+    def load_official(self, root: Path, split: str, template: str | None = None) -> list[Example]:
+        raise NotImplementedError
+
+    def layout(self, split: str) -> str:
+        """One line describing the official on-disk layout (for errors and `pgm data layout`)."""
+        raise NotImplementedError
+
+    def from_hf_row(self, row: dict[str, Any], index: int, template: str | None) -> Example:
+        raise NotImplementedError
+
+    hf_image_column: str = "image"
+
+    # ----- results and scoring -------------------------------------------------------------
+    def result_record(self, example: Example, prediction: str) -> dict[str, Any]:
+        """One prediction in the eval server's official result format."""
+        return {self.id_key: example.id, self.answer_key: prediction}
+
+    def parse_results(self, records: Iterable[tuple[int, dict]], source: str) -> dict[Hashable, str]:
+        """Official-format records (with their line numbers) -> {id: prediction}."""
+        out: dict[Hashable, str] = {}
+        for line, rec in records:
+            if not isinstance(rec, dict) or self.id_key not in rec or self.answer_key not in rec:
+                raise PgmError(f"{source} line {line}: a {self.name} result needs "
+                               f"{{\"{self.id_key}\": ..., \"{self.answer_key}\": ...}}.",
+                               f"Got keys {sorted(rec) if isinstance(rec, dict) else type(rec).__name__}; "
+                               "is --task right?")
+            out[self.normalise_id(rec[self.id_key])] = str(rec[self.answer_key])
+        return out
+
+    def normalise_id(self, value: Any) -> Hashable:
+        return value
+
+    def score(self, predictions: dict[Hashable, str], examples: Sequence[Example],
+              extra: dict[str, Any]) -> Score:
+        raise NotImplementedError
+
+    def load_score_extra(self, root: Path | None, split: str) -> dict[str, Any]:
+        """Files beyond the examples that scoring uses (GQA: all questions, choices)."""
+        return {}
+
+    # ----- synthetic data ------------------------------------------------------------------
+    def write_synthetic(self, root: Path, num_examples: int, seed: int = 0,
+                        splits: tuple[str, ...] | None = None) -> list[Path]:
+        raise NotImplementedError
+
+
+# ----- helpers the task files share ----------------------------------------------------------
+
+def read_json(path: Path, what: str) -> Any:
+    """Read an official JSON file, naming it (and the fix) in any error."""
+    if not path.exists():
+        raise PgmError(f"Expected {what} at {path}, but it does not exist.",
+                       "Check --data-root and --train-split/--eval-split (`pgm data layout TASK`).")
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return json.load(fh)
+    except json.JSONDecodeError as exc:
+        raise PgmError(f"{path} is not valid JSON (line {exc.lineno}).",
+                       "Re-download or re-extract the file.") from None
+    except OSError as exc:
+        raise PgmError(f"Cannot read {path}: {exc.strerror}.", "Check its permissions.") from None
+
+
+def require_keys(obj: Any, keys: Sequence[str], where: str) -> None:
+    if not isinstance(obj, dict) or any(k not in obj for k in keys):
+        have = sorted(obj) if isinstance(obj, dict) else type(obj).__name__
+        raise PgmError(f"{where} does not have the expected fields {list(keys)} (has {have}).",
+                       "Is this the right file for the task?")
+
+
+def write_json(path: Path, obj: Any) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(obj))
+    return path
+
+
+def first_present(row: dict[str, Any], names: Sequence[str], where: str) -> Any:
+    for name in names:
+        if name in row and row[name] is not None:
+            return row[name]
+    raise PgmError(f"{where}: none of the columns {list(names)} is present (has {sorted(row)}).",
+                   "Use a dataset with the documented schema, or convert it to JSONL (--train-file).")

@@ -1,0 +1,106 @@
+"""COCO Captions (official `captions_<split>.json`, or the Karpathy split), scored by pycocoevalcap."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Hashable, Sequence
+
+from paligemma_cli.data.synthetic import make_scenes, render_scene, save_image
+from paligemma_cli.errors import PgmError
+from paligemma_cli.tasks.base import Example, Score, Task, first_present, read_json, require_keys, write_json
+
+KARPATHY = {"karpathy-train": ("train", "restval"), "karpathy-val": ("val",), "karpathy-test": ("test",)}
+
+
+class COCOCaptions(Task):
+    name = "coco"
+    title = "COCO Captions"
+    prompt_template = "caption en"
+    max_length = 64
+    max_new_tokens = 48
+    train_split = "train2017"
+    eval_split = "val2017"
+    headline = "CIDEr"
+    id_key, answer_key = "image_id", "caption"
+    hf_id = "lmms-lab/COCO-Caption2017"
+    hf_splits = {"val2017": "val"}
+
+    def layout(self, split: str) -> str:
+        if split in KARPATHY:
+            return "dataset_coco.json (Karpathy split) with images at <filepath>/<filename>"
+        return f"annotations/captions_{split}.json with images in {split}/<file_name>"
+
+    def training_target(self, example: Example, rng) -> str:
+        return rng.choice(example.answers)
+
+    def load_official(self, root: Path, split: str, template: str | None = None) -> list[Example]:
+        prefix = self.prefix(None, template)
+        if split in KARPATHY:
+            path = root / "dataset_coco.json"
+            data = read_json(path, "the Karpathy split file")
+            require_keys(data, ["images"], str(path))
+            return [Example(id=int(im.get("cocoid", im.get("imgid"))), image=root / im["filepath"] / im["filename"],
+                            prefix=prefix, answers=[s["raw"] for s in im["sentences"]], meta={})
+                    for im in data["images"] if im["split"] in KARPATHY[split]]
+        path = root / "annotations" / f"captions_{split}.json"
+        data = read_json(path, "the COCO captions file")
+        require_keys(data, ["images", "annotations"], str(path))
+        captions: dict[int, list[str]] = {}
+        for ann in data["annotations"]:
+            captions.setdefault(ann["image_id"], []).append(ann["caption"])
+        return [Example(id=im["id"], image=root / split / im["file_name"], prefix=prefix,
+                        answers=captions.get(im["id"], []), meta={"file_name": im["file_name"]})
+                for im in data["images"]]
+
+    def from_hf_row(self, row: dict[str, Any], index: int, template: str | None) -> Example:
+        captions = first_present(row, ["captions", "sentences", "answer", "caption"], self.hf_id)
+        captions = [captions] if isinstance(captions, str) else [
+            c["raw"] if isinstance(c, dict) else str(c) for c in captions]
+        image_id = row.get("image_id", row.get("cocoid", row.get("id", index)))
+        return Example(id=int(image_id) if str(image_id).isdigit() else image_id, image=None,
+                       prefix=self.prefix(None, template), answers=captions, meta={})
+
+    def normalise_id(self, value: Any) -> Hashable:
+        try:
+            return int(value)
+        except (TypeError, ValueError):
+            return value
+
+    def score(self, predictions: dict[Hashable, str], examples: Sequence[Example],
+              extra: dict[str, Any]) -> Score:
+        from paligemma_cli.metrics.captioning import caption_metrics
+
+        refs = {ex.id: ex.answers for ex in examples}
+        if any(not r for r in refs.values()):
+            raise PgmError("Some images have no reference captions (a test split?).",
+                           "Use --submission to write results for the eval server instead of scoring.")
+        result = caption_metrics(predictions, refs)
+        per = {k: v.get("CIDEr", 0.0) for k, v in result["per_image"].items()}
+        notes = [f"{name}: {why}" for name, why in result.get("unavailable", {}).items()]
+        metrics = dict(result["metrics"])
+        for name in result.get("unavailable", {}):
+            metrics[name] = None
+        return Score(metrics, per, notes)
+
+    def write_synthetic(self, root: Path, num_examples: int, seed: int = 0,
+                        splits: tuple[str, ...] | None = None) -> list[Path]:
+        written = []
+        karpathy_images = []
+        for k, split in enumerate(splits or (self.train_split, self.eval_split)):
+            images, annotations = [], []
+            for scene in make_scenes(num_examples, seed=seed + 1000 * k):
+                image_id = 1000 * k + scene.index + 1
+                name = f"{image_id:012d}.jpg"
+                save_image(render_scene(scene), root / split / name)
+                images.append({"id": image_id, "file_name": name, "width": 64, "height": 64})
+                caps = [scene.caption, f"a picture of {scene.caption}", scene.caption.replace(" on a", " with a")]
+                for j, cap in enumerate(caps):
+                    annotations.append({"id": image_id * 10 + j, "image_id": image_id, "caption": cap})
+                karpathy_images.append({"filepath": split, "filename": name, "imgid": image_id, "cocoid": image_id,
+                                        "split": "train" if k == 0 else "val",
+                                        "sentences": [{"raw": c, "tokens": c.split()} for c in caps]})
+            written.append(write_json(root / "annotations" / f"captions_{split}.json", {
+                "info": {"description": "pgm synthetic COCO-format captions"}, "licenses": [],
+                "images": images, "annotations": annotations}))
+        written.append(write_json(root / "dataset_coco.json", {"dataset": "coco", "images": karpathy_images}))
+        return written
