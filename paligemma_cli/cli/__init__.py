@@ -12,6 +12,7 @@ import typer
 
 from paligemma_cli import __version__
 from paligemma_cli.cli import data as data_cmd
+from paligemma_cli.cli import eval as eval_cmd
 from paligemma_cli.cli import merge as merge_cmd
 from paligemma_cli.cli import train as train_cmd
 from paligemma_cli.cli._ui import edge
@@ -45,6 +46,7 @@ def _root(version: Optional[bool] = typer.Option(
 
 app.command("train", help=train_cmd.HELP)(edge(train_cmd.train))
 app.add_typer(data_cmd.app, name="data")
+app.command("eval", help=eval_cmd.HELP)(edge(eval_cmd.eval_command))
 # Further commands register below (one line each).
 app.command("merge", help=merge_cmd.HELP)(edge(merge_cmd.merge))
 

@@ -135,3 +135,29 @@ def write_eval_outputs(out_dir: Path, task: Task, result: EvalResult, *, info: d
         Path(submission).write_text(json.dumps(records))
         written.append(Path(submission))
     return written
+
+
+def run_evaluation(task: Task, data, *, model_cfg=None, adapter: Path | None = None,
+                   predictions_file: Path | None = None, max_new_tokens: int | None = None,
+                   batch_size: int = 16, always_normalize: bool = False,
+                   events: Events | None = None) -> EvalResult:
+    """`pgm eval`: score a results file, or generate with the model (+ adapter) and score."""
+    from paligemma_cli.data.sources import load_examples, split_for
+
+    split = split_for(task, data, "eval")
+    examples = load_examples(task, data, "eval", check_images=predictions_file is None)
+    extra = task.load_score_extra(Path(data.data_root), split) if data.data_root is not None else {}
+    extra["always_normalize"] = always_normalize
+    if predictions_file is not None:
+        predictions = read_predictions(task, predictions_file)
+        notes = check_prediction_ids(predictions, examples, f"--predictions {predictions_file}")
+        result = score(task, predictions, examples, extra)
+        result.notes = notes + result.notes
+        return result
+    from paligemma_cli.engine.model import load_for_inference, load_processor
+
+    processor = load_processor(model_cfg.model_path, model_cfg.revision)
+    model = load_for_inference(model_cfg, adapter)
+    return evaluate_model(task, model, processor, examples,
+                          max_new_tokens=max_new_tokens or task.max_new_tokens,
+                          batch_size=batch_size, extra=extra, events=events)

@@ -1,0 +1,108 @@
+"""`pgm eval`: generate with a model (+ adapter) or read a results file; score; write the files."""
+
+from __future__ import annotations
+
+from dataclasses import fields
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.table import Table
+
+from paligemma_cli.cli._options import command_with, field_parameter
+from paligemma_cli.cli._ui import console, quiet_libraries
+from paligemma_cli.config import DataConfig, ModelConfig
+
+HELP = """Evaluate on TASK's eval split with the official metric (VQA accuracy, ANLS, GQA, COCO captions).
+
+With --model-path (and --adapter) it generates greedily in batches; with --predictions it scores an
+existing results file in the official format. Either way it writes predictions.jsonl (official
+keys + references + per-example score) and metrics.json to --output-dir.
+
+Examples:
+
+  pgm eval --task vqav2 --model-path google/paligemma-3b-pt-448 --adapter runs/vqav2 --data-root /data/vqav2
+
+  pgm eval --task gqa --predictions results.json --data-root /data/gqa --split testdev
+"""
+
+
+def _params():
+    model = [field_parameter(f, "Model") for f in fields(ModelConfig) if f.name != "gradient_checkpointing"]
+    data = [field_parameter(f, "Data") for f in fields(DataConfig)
+            if f.name in ("data_root", "hf_dataset", "eval_file", "max_eval_samples", "prompt")]
+    return model + data
+
+
+@command_with(_params())
+def eval_command(
+    task: str = typer.Option(..., "--task", "-t", help="coco, docvqa, gqa or vqav2."),
+    split: Optional[str] = typer.Option(None, "--split", help="Split to evaluate; default per task "
+                                        "(vqav2 val2014, gqa testdev, docvqa val, coco val2017).",
+                                        rich_help_panel="Data"),
+    adapter: Optional[Path] = typer.Option(None, "--adapter", help="LoRA adapter folder (a pgm train "
+                                           "output dir, checkpoint or best/).", rich_help_panel="Model"),
+    predictions: Optional[Path] = typer.Option(None, "--predictions", help="Score this results file "
+                                               "(JSON list or JSON lines, official format) instead of "
+                                               "running a model.", rich_help_panel="Data"),
+    output_dir: Path = typer.Option(Path("outputs/eval"), "--output-dir", "-o",
+                                    help="Where predictions.jsonl and metrics.json go."),
+    submission: Optional[Path] = typer.Option(None, "--submission", help="Also write the predictions "
+                                              "in the eval server's official format to this file."),
+    batch_size: int = typer.Option(16, "--batch-size", min=1, help="Examples per generation batch."),
+    max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", min=1, help="Tokens to "
+                                                 "generate; default per task (vqa/gqa 16, docvqa 32, coco 48)."),
+    vqa_server_normalization: bool = typer.Option(False, "--vqa-server-normalization", help="VQAv2: "
+                                                  "normalise the prediction even when all annotators "
+                                                  "agree (EvalAI server variant; default is the "
+                                                  "official vqaEval.py)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an earlier evaluation in --output-dir."),
+    **values,
+) -> None:
+    from paligemma_cli.config import build_run
+    from paligemma_cli.errors import PgmError
+    from paligemma_cli.tasks import get_task
+
+    t = get_task(task)
+    if predictions is not None and adapter is not None:
+        raise PgmError("--predictions and --adapter exclude each other.",
+                       "Score a file (--predictions) or run a model (--model-path/--adapter), not both.")
+    run = build_run({**values, "task": t.name, "eval_split": split})
+    quiet_libraries()
+    from paligemma_cli.cli.progress import RichEvents
+    from paligemma_cli.engine.evaluate import run_evaluation, write_eval_outputs
+    from paligemma_cli.engine.outputs import prepare_output_dir, record_written
+
+    prepare_output_dir(output_dir, overwrite=overwrite, resume=False, kind="eval")
+    events = RichEvents()
+    try:
+        result = run_evaluation(t, run.data, model_cfg=run.model, adapter=adapter, predictions_file=predictions,
+                                max_new_tokens=max_new_tokens, batch_size=batch_size,
+                                always_normalize=vqa_server_normalization, events=events)
+    finally:
+        events.close()
+    source = str(predictions) if predictions else (f"{run.model.model_path}" + (f" + {adapter}" if adapter else ""))
+    written = write_eval_outputs(output_dir, t, result, info={"split": run.data.eval_split or t.eval_split,
+                                                               "source": source, "examples": len(result.rows)},
+                                 submission=submission)
+    record_written(output_dir, [p.name for p in written if p.parent == output_dir], kind="eval")
+    show_metrics(t.title, result.metrics)
+    for note in result.notes:
+        console.print(f"[yellow]note:[/] {note}", highlight=False)
+    console.print(f"Wrote {', '.join(str(p) for p in written)}", highlight=False)
+
+
+def show_metrics(title: str, metrics: dict) -> None:
+    table = Table(title=title, title_justify="left")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key, value in metrics.items():
+        if isinstance(value, dict):
+            for sub, v in value.items():
+                if isinstance(v, (int, float)):
+                    table.add_row(f"{key}/{sub}", f"{v:.4f}")
+        elif isinstance(value, (int, float)):
+            table.add_row(key, f"{value:.4f}")
+        elif value is None:
+            table.add_row(key, "unavailable")
+    console.print(table)
