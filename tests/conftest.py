@@ -39,3 +39,20 @@ def tiny_pg2_dir(pgm_home):
     from paligemma_cli.engine.tiny import ensure_tiny
 
     return ensure_tiny("tiny-pg2")
+
+
+@pytest.fixture(scope="session")
+def synthetic_data(tmp_path_factory):
+    """`synthetic_data(task, n=8)` -> a folder with that task's synthetic official-format data (cached)."""
+    from paligemma_cli.tasks import get_task
+
+    made = {}
+
+    def make(task: str, n: int = 8):
+        if (task, n) not in made:
+            root = tmp_path_factory.mktemp(f"synth_{task}_{n}")
+            get_task(task).write_synthetic(root, n, seed=0)
+            made[task, n] = root
+        return made[task, n]
+
+    return make

@@ -48,13 +48,37 @@ class TrainCollator:
         self.truncated = 0
 
     def __call__(self, items: list[dict[str, Any]]) -> dict[str, Any]:
-        batch = self.processor(
+        batch = dict(self.processor(
             text=[IMAGE_TOKEN + it["prefix"] for it in items], images=[it["image"] for it in items],
-            suffix=[it["suffix"] for it in items], padding="longest", truncation=True,
-            max_length=self.max_tokens, return_tensors="pt")
-        eos = self.processor.tokenizer.eos_token_id
-        self.truncated += int((batch["input_ids"][:, -1] != eos).sum())
-        return dict(batch)
+            suffix=[it["suffix"] for it in items], padding="longest", return_tensors="pt"))
+        if batch["input_ids"].shape[1] > self.max_tokens:
+            batch = self._truncate_answers(batch)
+        return batch
+
+    def _truncate_answers(self, batch: dict[str, Any]) -> dict[str, Any]:
+        """Cut over-long rows at the end of the answer, never in the image or prompt.
+
+        (The tokenizer truncates from the left, which would cut image tokens.) Rows stay
+        left-padded; a row keeps its whole prefix and at least one answer token.
+        """
+        import torch
+
+        keys = [k for k in ("input_ids", "attention_mask", "token_type_ids", "labels") if k in batch]
+        pad = {"input_ids": self.processor.tokenizer.pad_token_id, "attention_mask": 0,
+               "token_type_ids": 0, "labels": -100}
+        rows = []
+        for r in range(batch["input_ids"].shape[0]):
+            real = batch["attention_mask"][r].bool()
+            prefix_len = int((batch["token_type_ids"][r][real] == 0).sum())
+            limit = max(self.max_tokens, prefix_len + 1)
+            if int(real.sum()) > limit:
+                self.truncated += 1
+            rows.append({k: batch[k][r][real][:limit] for k in keys})
+        width = max(len(row["input_ids"]) for row in rows)
+        for k in keys:
+            batch[k] = torch.stack([torch.cat([torch.full((width - len(row[k]),), pad[k], dtype=row[k].dtype),
+                                               row[k]]) for row in rows])
+        return batch
 
 
 def generation_batch(processor, examples: Sequence[Example]) -> dict[str, Any]:

@@ -1,0 +1,60 @@
+"""Settings are declared once: defaults < --config YAML < flags; every problem is named by its flag."""
+
+import pytest
+
+from paligemma_cli.config import TrainRun, build_run
+from paligemma_cli.errors import PgmError
+
+
+def test_defaults_are_the_qlora_recipe():
+    run = build_run({})
+    assert run.model.model_path == "google/paligemma-3b-pt-448"
+    assert run.model.quantization == "4bit" and run.model.gradient_checkpointing
+    assert (run.lora.lora_rank, run.lora.lora_alpha) == (16, 32.0)
+    assert run.lora.target_parts() == ("language",)
+
+
+def test_yaml_then_flags(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("learning-rate: 1.0e-4\nbatch_size: 2\nlora_targets: language,projector\n")
+    run = build_run({"batch_size": 8}, cfg)
+    assert run.train.learning_rate == 1e-4  # from the file
+    assert run.train.batch_size == 8  # the flag wins
+    assert run.lora.target_parts() == ("language", "projector")
+
+
+def test_yaml_unknown_key_suggests(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("learning_rat: 1\n")
+    with pytest.raises(PgmError, match="unknown key 'learning_rat'") as exc:
+        build_run({}, cfg)
+    assert "learning_rate" in exc.value.hint
+
+
+def test_yaml_syntax_error_names_line(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("batch_size: 2\nseed: [1\n")
+    with pytest.raises(PgmError, match="line"):
+        build_run({}, cfg)
+
+
+def test_all_problems_are_reported_together():
+    with pytest.raises(PgmError) as exc:
+        build_run({"max_train_samples": 0, "quantization": "3bit", "lora_targets": "text",
+                   "data_root": "a", "hf_dataset": "b"})
+    msg = exc.value.message
+    for part in ("--max-train-samples must be >= 1", "--quantization must be one of 4bit, 8bit, none",
+                 "--lora-targets", "give one data source, not --data-root and --hf-dataset"):
+        assert part in msg
+
+
+def test_wrong_type_names_flag(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("batch_size: many\n")
+    with pytest.raises(PgmError, match="--batch-size has the wrong type"):
+        build_run({}, cfg)
+
+
+def test_to_dict_is_flat_and_complete():
+    d = TrainRun().to_dict()
+    assert d["learning_rate"] == 2e-4 and d["output_dir"] == "outputs/run" and "lora_rank" in d
