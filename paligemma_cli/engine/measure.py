@@ -1,0 +1,176 @@
+"""`pgm memory-estimate --measure`: the peak memory of real training steps on this device.
+
+CUDA: `torch.cuda.max_memory_allocated` / reserved over the steps. CPU (no GPU peak exists):
+the tensors that stay resident (weights, LoRA, optimizer states) plus the allocation peak of
+one step above them, read from the PyTorch profiler's memory timeline (process RSS growth if
+that private API is unavailable). Weight storage is walked tensor by tensor, bitsandbytes
+quant states included, for comparison with `memory.estimate(...).weights`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from paligemma_cli.engine.memory import TrainSetup
+from paligemma_cli.errors import PgmError
+
+
+@dataclass(frozen=True)
+class Measurement:
+    device: str
+    peak: int | None  # bytes: CUDA max allocated, or on CPU resident tensors + step allocation peak
+    reserved: int | None
+    weights: int  # storage of the loaded (quantised) weights, walked tensor by tensor
+    seq_len: int
+    method: str
+
+
+def tensor_storage(model) -> tuple[int, int]:
+    """(bytes of all parameters incl. bitsandbytes quant states, of trainable ones); tied counted once."""
+    import torch
+
+    seen: set[int] = set()
+    total = trainable = 0
+
+    def add(t) -> int:
+        if not torch.is_tensor(t) or t.data_ptr() in seen:
+            return 0
+        seen.add(t.data_ptr())
+        return t.numel() * t.element_size()
+
+    for p in model.parameters():
+        n = add(p)
+        total += n
+        if p.requires_grad:
+            trainable += n
+        state = getattr(p, "quant_state", None)
+        if state is not None:
+            for t in (state.absmax, state.code, state.offset):
+                total += add(t)
+            if state.state2 is not None:
+                total += add(state.state2.absmax) + add(state.state2.code)
+        total += add(getattr(p, "SCB", None))
+    return total, trainable
+
+
+def measure(model_cfg, lora_cfg, setup: TrainSetup, steps: int = 3,
+            on_step: Callable[[int], None] | None = None) -> Measurement:
+    """Run `steps` real training steps on the present device and report the peak memory."""
+    import torch
+
+    from paligemma_cli.engine.model import attach_lora, load_model, load_processor
+
+    base = load_model(model_cfg)
+    weights, _ = tensor_storage(base)  # as loaded: what the estimate's weight rows describe
+    model = attach_lora(base, model_cfg, lora_cfg)
+    model.train()
+    batch, seq_len = _synthetic_batch(load_processor(model_cfg.model_path, model_cfg.revision), setup)
+    device = next(p for p in model.parameters() if p.requires_grad).device
+    batch = {k: v.to(device) for k, v in batch.items()}
+    if "pixel_values" in batch:
+        batch["pixel_values"] = batch["pixel_values"].to(model.get_base_model().dtype)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = _optimizer(setup.optimizer, trainable, device.type)
+
+    def step() -> None:
+        loss = model(**batch).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+        for i in range(steps):
+            step()
+            if on_step:
+                on_step(i + 1)
+        return Measurement("cuda", torch.cuda.max_memory_allocated(), torch.cuda.max_memory_reserved(),
+                           weights, seq_len, "torch.cuda.max_memory_allocated")
+    step()  # optimizer states now exist, as in every later step
+    if on_step:
+        on_step(1)
+    resident = tensor_storage(model)[0] + _optimizer_state_bytes(optimizer)
+    peak, method = _cpu_step_peak(step)
+    for i in range(2, steps + 1):
+        if on_step:
+            on_step(i)
+    return Measurement("cpu", None if peak is None else resident + peak, None, weights, seq_len, method)
+
+
+def _optimizer(name: str, params, device: str):
+    import torch
+
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=1e-4)
+    if device != "cuda":
+        raise PgmError(f"--optimizer {name} needs a CUDA GPU (bitsandbytes 8-bit optimizers).",
+                       "Measure with --optimizer adamw on CPU.")
+    import bitsandbytes as bnb
+
+    cls = bnb.optim.PagedAdamW8bit if name.startswith("paged") else bnb.optim.AdamW8bit
+    return cls(params, lr=1e-4)
+
+
+def _optimizer_state_bytes(optimizer) -> int:
+    import torch
+
+    return sum(t.numel() * t.element_size() for state in optimizer.state.values()
+               for t in state.values() if torch.is_tensor(t))
+
+
+def _cpu_step_peak(step: Callable[[], None]) -> tuple[int | None, str]:
+    """Peak bytes allocated during one step above what was live before it (CPU, torch.profiler)."""
+    try:
+        import numpy as np
+        import torch
+        from torch.profiler import ProfilerActivity, profile
+        from torch.profiler._memory_profiler import MemoryProfileTimeline  # private, hence the fallback
+
+        with profile(activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=True,
+                     with_stack=True) as prof:
+            step()
+        _times, sizes = MemoryProfileTimeline(prof._memory_profile())._coalesce_timeline(torch.device("cpu"))
+        total = np.asarray(sizes).sum(axis=1)
+        return int(total.max() - total[0]), "CPU: resident tensors + step allocation peak (torch.profiler)"
+    except Exception:
+        return _rss_step_peak(step)
+
+
+def _rss_step_peak(step: Callable[[], None]) -> tuple[int | None, str]:
+    import threading
+    import time
+
+    import psutil
+
+    proc = psutil.Process()
+    base = proc.memory_info().rss
+    peak = [base]
+    done = threading.Event()
+
+    def sample():
+        while not done.is_set():
+            peak[0] = max(peak[0], proc.memory_info().rss)
+            time.sleep(0.002)
+
+    thread = threading.Thread(target=sample, daemon=True)
+    thread.start()
+    step()
+    done.set()
+    thread.join()
+    return max(0, peak[0] - base), "CPU: resident tensors + process RSS growth during a step"
+
+
+def _synthetic_batch(processor, setup: TrainSetup):
+    """A training batch as pgm builds it (prompt + suffix through the processor), ~max_length text tokens."""
+    from PIL import Image
+
+    size = processor.image_processor.size
+    height, width = size.get("height", 224), size.get("width", 224)
+    half = max(1, setup.max_length // 2 - 2)
+    prompt = "answer en " + " ".join(["what"] * half)
+    suffix = " ".join(["red"] * half)
+    images = [Image.new("RGB", (width, height), (i * 37 % 255, 90, 160)) for i in range(setup.batch_size)]
+    batch = processor(text=[prompt] * setup.batch_size, images=images, suffix=[suffix] * setup.batch_size,
+                      padding="longest", return_tensors="pt")
+    return dict(batch), int(batch["input_ids"].shape[1])

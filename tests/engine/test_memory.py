@@ -1,0 +1,190 @@
+"""memory-estimate: the weight part equals real storage to the byte, LoRA counts equal peft's."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from paligemma_cli.config import LoraConfig, ModelConfig
+from paligemma_cli.engine import memory
+from paligemma_cli.engine.presets import preset_config, preset_names
+from paligemma_cli.errors import PgmError
+
+TARGETS = ["language", "vision", "projector", "language,vision", "language,projector",
+           "vision,projector", "language,vision,projector"]
+
+
+def stored_bytes(model) -> int:
+    """What the loaded model holds for its weights: every parameter once (tied ones once), plus
+    the tensors of each bitsandbytes QuantState (absmax, code book, offset, nested absmax and
+    code book) and Int8Params' row scales. Buffers (position ids, rotary tables) are not weights."""
+    import torch
+
+    seen, total = set(), 0
+
+    def add(t):
+        nonlocal total
+        if torch.is_tensor(t) and t.data_ptr() not in seen:
+            seen.add(t.data_ptr())
+            total += t.numel() * t.element_size()
+
+    for p in model.parameters():
+        add(p)
+        qs = getattr(p, "quant_state", None)
+        if qs is not None:
+            for t in (qs.absmax, qs.code, qs.offset):
+                add(t)
+            if qs.nested:
+                add(qs.state2.absmax)
+                add(qs.state2.code)
+        add(getattr(p, "CB", None))
+        add(getattr(p, "SCB", None))
+    return total
+
+
+@pytest.fixture(scope="module", params=["tiny", "tiny-pg2"])
+def variant(request, pgm_home):
+    return request.param
+
+
+def test_layout_names_and_shapes_match_the_model(variant):
+    from transformers import AutoModelForImageTextToText
+
+    from paligemma_cli.engine.tiny import ensure_tiny
+
+    model = AutoModelForImageTextToText.from_pretrained(ensure_tiny(variant))
+    real = {n: tuple(p.shape) for n, p in model.named_parameters()}
+    predicted = {p.name: p.shape for p in memory.layout(memory.load_config(variant))}
+    assert predicted == real
+
+
+@pytest.mark.parametrize("quantization", ["4bit", "8bit", "none"])
+def test_weight_estimate_equals_storage_to_the_byte(variant, quantization):
+    from paligemma_cli.engine.model import attach_lora, load_model
+
+    cfg = ModelConfig(model_path=variant, quantization=quantization, compute_dtype="bf16")
+    model = load_model(cfg)
+    est = memory.estimate(memory.load_config(variant),
+                          memory.TrainSetup(quantization=quantization, compute_dtype="bf16"))
+    assert stored_bytes(model) == est.weights
+    if quantization == "4bit":
+        assert est.weights_quantized > 0 and sum(
+            type(p).__name__ == "Params4bit" for p in model.parameters()) > 0
+    # After attach_lora: the k-bit upcast row and the LoRA row, again exactly.
+    peft_model = attach_lora(model, cfg, LoraConfig())
+    lora = sum(p.numel() * p.element_size() for p in peft_model.parameters() if p.requires_grad)
+    assert lora == est.lora
+    assert stored_bytes(peft_model) - lora == est.weights + est.kbit_upcast
+
+
+@pytest.mark.parametrize("targets", TARGETS)
+def test_lora_count_equals_peft(variant, targets):
+    from paligemma_cli.engine.model import attach_lora, load_model
+
+    cfg = ModelConfig(model_path=variant, quantization="none", gradient_checkpointing=False)
+    lora_cfg = LoraConfig(lora_rank=8, lora_targets=targets)
+    trainable, _total = attach_lora(load_model(cfg), cfg, lora_cfg).get_nb_trainable_parameters()
+    assert memory.lora_param_count(memory.load_config(variant), lora_cfg.target_parts(), 8) == trainable
+
+
+@pytest.mark.parametrize("numel", [64 * 64, 64 * 32, 1000, 64 * 256 * 3 + 64])
+@pytest.mark.parametrize("double_quant", [True, False])
+def test_nf4_bytes_matches_bitsandbytes(numel, double_quant):
+    import bitsandbytes.functional as F
+    import torch
+
+    packed, state = F.quantize_4bit(torch.randn(numel, dtype=torch.bfloat16), quant_type="nf4",
+                                    compress_statistics=double_quant)
+    tensors = [packed, state.absmax, state.code]
+    if double_quant:
+        tensors += [state.offset, state.state2.absmax, state.state2.code]
+    assert memory.nf4_bytes(numel, double_quant) == sum(t.numel() * t.element_size() for t in tensors)
+
+
+def test_presets_match_published_parameter_counts():
+    # keras-hub pali_gemma_presets.py lists 2,923,335,408 / 3,032,094,960 / 9,662,409,456 for the
+    # 224 px PaliGemma 3B / PaliGemma 2 3B / 10B with a 257,152-row vocabulary; the HF checkpoints
+    # pad it to 257,216 rows (64 more rows of the text width).
+    published = {"google/paligemma-3b-pt-224": 2_923_335_408, "google/paligemma-3b-pt-448": 2_924_220_144,
+                 "google/paligemma-3b-pt-896": 2_927_759_088, "google/paligemma2-3b-pt-224": 3_032_094_960,
+                 "google/paligemma2-3b-pt-896": 3_036_518_640, "google/paligemma2-10b-pt-448": 9_663_294_192}
+    for name, count in published.items():
+        config = preset_config(name)
+        params = sum(p.numel for p in memory.layout(config))
+        assert params == count + 64 * config["text_config"]["hidden_size"], name
+    assert len(preset_names()) == 12 and preset_config("google/paligemma2-28b-pt-896") is not None
+    assert preset_config("google/paligemma-28b-pt-224") is None  # no such checkpoint
+
+
+def test_image_tokens_follow_the_resolution():
+    config = preset_config("google/paligemma-3b-pt-448")
+    assert [memory.image_tokens(config, r) for r in (224, 448, 896)] == [256, 1024, 4096]
+    est = memory.estimate(config, memory.TrainSetup(max_length=64))
+    assert est.seq_len == 1024 + 64
+
+
+def test_checkpointing_and_batch_size_move_the_activations():
+    config = preset_config("google/paligemma-3b-pt-448")
+    base = memory.TrainSetup()
+    on = memory.estimate(config, base)
+    off = memory.estimate(config, dataclasses.replace(base, gradient_checkpointing=False))
+    half = memory.estimate(config, dataclasses.replace(base, batch_size=2))
+    assert off.activations > 1.5 * on.activations
+    assert half.activations * 2 == on.activations
+    assert on.weights == half.weights and on.lora == half.lora
+    eight = memory.estimate(config, dataclasses.replace(base, optimizer="adamw_8bit"))
+    assert eight.optimizer < on.optimizer / 3
+
+
+def test_fit_keeps_the_effective_batch_and_fits():
+    config = preset_config("google/paligemma-3b-pt-448")
+    setup = memory.TrainSetup(batch_size=4)
+    plan = memory.fit(config, setup, memory.parse_size("24GB"), effective_batch=16)
+    assert plan.fits and plan.estimate.total <= 24 * memory.GiB
+    assert plan.batch_size < 4 and plan.batch_size * plan.gradient_accumulation_steps == 16
+    bigger = memory.estimate(config, dataclasses.replace(setup, batch_size=plan.batch_size * 2))
+    assert bigger.total > 24 * memory.GiB  # the largest batch size that fits
+    plan = memory.fit(config, setup, memory.parse_size("80GB"), effective_batch=16)
+    assert plan.flags() == "--batch-size 4 --gradient-accumulation-steps 4"
+    tiny_card = memory.fit(config, setup, memory.parse_size("6GB"), effective_batch=16)
+    assert tiny_card.fits and tiny_card.model_path == "google/paligemma-3b-pt-224"
+    assert not memory.fit(config, setup, memory.parse_size("1GB")).fits
+
+
+def test_parse_size():
+    assert memory.parse_size("24GB") == 24 * memory.GiB
+    assert memory.parse_size("80 GiB") == 80 * memory.GiB
+    assert memory.parse_size("16000MB") == 16000 * memory.MiB
+    with pytest.raises(PgmError):
+        memory.parse_size("lots")
+
+
+def test_unknown_model_lists_the_presets(tmp_path):
+    with pytest.raises(PgmError) as info:
+        memory.load_config("someone/unknown-model")
+    assert "google/paligemma-3b-pt-448" in str(info.value)
+    (tmp_path / "config.json").write_text('{"text_config": {"hidden_size": 64}}')
+    assert memory.load_config(str(tmp_path))["text_config"]["hidden_size"] == 64
+
+
+def test_activation_estimate_tracks_a_measured_cpu_step(pgm_home):
+    """The activation coefficients were fitted on CPU allocation peaks; check one live."""
+    setup = memory.TrainSetup(batch_size=2, max_length=32)
+    from paligemma_cli.engine.measure import measure
+
+    m = measure(ModelConfig(model_path="tiny"), LoraConfig(), setup, steps=2)
+    est = memory.estimate(memory.load_config("tiny"),
+                          dataclasses.replace(setup, max_length=m.seq_len - 16))
+    assert m.weights == est.weights
+    assert m.peak is not None
+    allocated = est.total - est.overhead
+    assert 0.7 * m.peak < allocated < 1.3 * m.peak, (allocated, m.peak)
+
+
+def test_docs_table_matches_the_estimates():
+    text = (Path(__file__).resolve().parents[2] / "docs" / "memory.md").read_text()
+    for res in (224, 448, 896):
+        est = memory.estimate(preset_config(f"google/paligemma-3b-pt-{res}"), memory.TrainSetup())
+        assert f"{est.total / memory.GiB:.2f} GiB" in text, res
