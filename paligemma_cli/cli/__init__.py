@@ -12,7 +12,9 @@ import typer
 
 from paligemma_cli import __version__
 from paligemma_cli.cli import data as data_cmd
+from paligemma_cli.cli import doctor as doctor_cmd
 from paligemma_cli.cli import eval as eval_cmd
+from paligemma_cli.cli import memory as memory_cmd
 from paligemma_cli.cli import merge as merge_cmd
 from paligemma_cli.cli import train as train_cmd
 from paligemma_cli.cli._ui import edge
@@ -48,6 +50,8 @@ app.command("train", help=train_cmd.HELP)(edge(train_cmd.train))
 app.add_typer(data_cmd.app, name="data")
 app.command("eval", help=eval_cmd.HELP)(edge(eval_cmd.eval_command))
 # Further commands register below (one line each).
+app.command("doctor", help=doctor_cmd.HELP)(edge(doctor_cmd.doctor))
+app.command("memory-estimate", help=memory_cmd.HELP)(edge(memory_cmd.memory_estimate))
 app.command("merge", help=merge_cmd.HELP)(edge(merge_cmd.merge))
 
 

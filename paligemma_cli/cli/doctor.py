@@ -1,0 +1,107 @@
+"""`pgm doctor`: environment checks (PASS / WARN / FAIL + the fix) and `--error` diagnoses."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from paligemma_cli.cli._options import command_with, parameters_for
+from paligemma_cli.cli._ui import console, is_interactive
+from paligemma_cli.config import DEFAULT_MODEL, DataConfig, EvalConfig, LoraConfig, ModelConfig, TrainConfig
+from paligemma_cli.errors import PgmError
+
+HELP = ("Check Python, packages, torch/CUDA, GPUs, bitsandbytes (a real NF4 matmul), the Hugging Face "
+        "login, disk, Java, CoreNLP, W&B and accelerate; each non-passing line says the fix. "
+        "`--error FILE|-` diagnoses a pasted traceback or log instead. Exit 1 if anything fails.")
+STYLE = {"PASS": "green", "WARN": "yellow", "FAIL": "red"}
+_SHARED = ("model_path", "output_dir", "batch_size", "gradient_accumulation_steps")
+_EXCLUDE = tuple(f.name for cls in (ModelConfig, LoraConfig, DataConfig, TrainConfig, EvalConfig)
+                 for f in dataclasses.fields(cls) if f.name not in _SHARED)
+
+
+@command_with(parameters_for(ModelConfig, TrainConfig, exclude=_EXCLUDE))
+def doctor(
+    online: bool = typer.Option(False, "--online", help=(
+        "Also ask the hub (short timeout): whoami for the token and access to the gated "
+        "--model-path. Offline, this is a WARN, never a hang.")),
+    error: Optional[str] = typer.Option(None, "--error", metavar="FILE|-", help=(
+        "Diagnose a traceback or log (a file, or - for stdin) instead of checking: CUDA OOM (with "
+        "the --batch-size / accumulation that fits), bitsandbytes setup, 401/403 on gated repos, "
+        "token_type_ids / missing labels, NaN loss, Java, SPICE ...")),
+    timeout: float = typer.Option(5.0, "--timeout", min=0.5, help="Seconds per online request."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON for scripts."),
+    **flags,
+) -> None:
+    from paligemma_cli.engine import doctor as engine
+
+    model_path = flags.get("model_path") or DEFAULT_MODEL
+    if error is not None:
+        _diagnose(error, model_path, flags, as_json)
+        return
+    opts = engine.DoctorOptions(model_path=model_path,
+                                output_dir=Path(flags.get("output_dir") or TrainConfig.output_dir),
+                                online=online, timeout_s=timeout)
+    if as_json or not is_interactive():
+        checks = engine.run_checks(opts)
+    else:
+        with console.status("Checking the environment..."):
+            checks = engine.run_checks(opts)
+    code = engine.exit_code(checks)
+    if as_json:
+        typer.echo(json.dumps({"ok": code == 0, "checks": [dataclasses.asdict(c) for c in checks]}, indent=2))
+    else:
+        _print_checks(checks)
+    if code:
+        raise typer.Exit(code)
+
+
+def _print_checks(checks) -> None:
+    table = Table(show_header=True, header_style="bold", expand=False)
+    table.add_column("Check", no_wrap=True)
+    table.add_column("Status", no_wrap=True)
+    table.add_column("Detail", overflow="fold")
+    table.add_column("Fix", overflow="fold")
+    for c in checks:
+        table.add_row(escape(c.name), f"[{STYLE[c.status]}]{c.status}[/]", escape(c.detail), escape(c.fix))
+    console.print(table, highlight=False)
+    counts = {s: sum(c.status == s for c in checks) for s in STYLE}
+    summary = ", ".join(f"[{STYLE[s]}]{n} {s}[/]" for s, n in counts.items())
+    console.print(summary, highlight=False)
+
+
+def _read_log(source: str) -> str:
+    if source == "-":
+        return sys.stdin.read()
+    try:
+        return Path(source).read_text(errors="replace")
+    except OSError as exc:
+        raise PgmError(f"--error {source}: {exc.strerror}.", "Give a log file, or - to read stdin.") from None
+
+
+def _diagnose(source: str, model_path: str, flags: dict, as_json: bool) -> None:
+    from paligemma_cli.engine.diagnose import diagnose_error
+
+    found = diagnose_error(_read_log(source), model_path=model_path,
+                                  batch_size=flags.get("batch_size"),
+                                  gradient_accumulation_steps=flags.get("gradient_accumulation_steps"))
+    if as_json:
+        typer.echo(json.dumps({"recognised": bool(found),
+                               "diagnoses": [dataclasses.asdict(d) for d in found]}, indent=2))
+    elif not found:
+        console.print("[yellow]No known error pattern found.[/] Run `pgm doctor` for the environment "
+                      "checks, or open an issue with the full log.", highlight=False)
+    for d in [] if as_json else found:
+        console.print(f"[bold red]{escape(d.title)}[/]  [dim]({d.key})[/]", highlight=False)
+        if d.evidence:
+            console.print(f"  [dim]seen:[/] {escape(d.evidence)}", highlight=False)
+        console.print(f"  [bold]why:[/] {escape(d.cause)}", highlight=False)
+        console.print(f"  [bold green]fix:[/] {escape(d.fix)}", highlight=False)
+    if not found:
+        raise typer.Exit(1)

@@ -1,0 +1,73 @@
+"""`pgm memory-estimate` end to end: table, --json, --gpu-memory, --measure, errors."""
+
+from __future__ import annotations
+
+import json
+
+from typer.testing import CliRunner
+
+from paligemma_cli.cli import app
+from paligemma_cli.engine import memory
+from paligemma_cli.engine.presets import preset_config
+
+runner = CliRunner()
+
+
+def invoke(*args):
+    return runner.invoke(app, list(args), catch_exceptions=False)
+
+
+def test_seed_configuration_table():
+    result = invoke("memory-estimate", "--model-path", "google/paligemma-3b-pt-448", "--batch-size", "4")
+    assert result.exit_code == 0, result.output
+    expected = memory.estimate(preset_config("google/paligemma-3b-pt-448"), memory.TrainSetup())
+    for part in ("base weights, 4bit", "LoRA parameters", "optimizer states", "activations", "total (peak)"):
+        assert part in result.output
+    assert f"{expected.total:,}" in result.output
+
+
+def test_json_flags_reach_the_estimate():
+    result = invoke("memory-estimate", "--model-path", "google/paligemma2-3b-pt-224", "--batch-size", "2",
+                    "--lora-rank", "8", "--lora-targets", "language,vision", "--no-gradient-checkpointing",
+                    "--optimizer", "adamw_8bit", "--max-length", "128", "--json")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    setup = memory.TrainSetup(batch_size=2, lora_rank=8, lora_targets=("language", "vision"),
+                              gradient_checkpointing=False, optimizer="adamw_8bit", max_length=128)
+    expected = memory.estimate(preset_config("google/paligemma2-3b-pt-224"), setup)
+    assert data["estimate"]["total"] == expected.total
+    assert data["estimate"]["lora_params"] == expected.lora_params
+    assert data["estimate"]["seq_len"] == 256 + 128
+
+
+def test_gpu_memory_says_what_fits():
+    result = invoke("memory-estimate", "--model-path", "google/paligemma-3b-pt-448", "--gpu-memory", "24GB")
+    assert result.exit_code == 0
+    assert "--batch-size 2 --gradient-accumulation-steps 8" in " ".join(result.output.split())
+    result = invoke("memory-estimate", "--model-path", "google/paligemma-3b-pt-896", "--gpu-memory", "2GB", "--json")
+    assert json.loads(result.stdout)["fit"]["fits"] is False
+
+
+def test_resolution_override():
+    result = invoke("memory-estimate", "--model-path", "google/paligemma-3b-pt-448", "--resolution", "224", "--json")
+    assert json.loads(result.stdout)["estimate"]["image_tokens"] == 256
+
+
+def test_errors_are_one_red_line():
+    result = invoke("memory-estimate", "--model-path", "someone/unknown", "--batch-size", "2")
+    assert result.exit_code == 1 and "google/paligemma-3b-pt-448" in result.output
+    result = invoke("memory-estimate", "--gpu-memory", "plenty")
+    assert result.exit_code == 1 and "--gpu-memory" in result.output
+    result = invoke("memory-estimate", "--lora-targets", "everything")
+    assert result.exit_code == 1 and "--lora-targets" in result.output
+
+
+def test_measure_on_cpu_prints_the_measured_peak(pgm_home):
+    result = invoke("memory-estimate", "--model-path", "tiny", "--batch-size", "2", "--measure", "--steps", "2",
+                    "--json")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout[result.stdout.index("{"):])
+    measured = data["measured"]
+    assert measured["device"] == "cpu" and measured["reserved"] is None
+    assert measured["weights"] == measured["estimate_weights"]  # to the byte
+    assert 0.7 < measured["estimate_allocated"] / measured["peak"] < 1.3
