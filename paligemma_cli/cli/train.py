@@ -34,6 +34,9 @@ PARAMS = parameters_for(DataConfig, ModelConfig, LoraConfig, TrainConfig, EvalCo
 def train(config: Optional[Path] = typer.Option(
         None, "--config", help="YAML file of settings (keys are flag names); flags given here override it.",
         rich_help_panel="Run"), **values) -> None:
+    from paligemma_cli.tasks import get_task
+
+    get_task(values["task"])  # an unknown task fails first, listing the supported ones
     run = build_run(values, config)
     quiet_libraries()
     from paligemma_cli.cli.progress import RichEvents
@@ -44,6 +47,10 @@ def train(config: Optional[Path] = typer.Option(
         result = run_training(run, events)
     finally:
         events.close()
+    if not result.main_process:  # under `accelerate launch` the main process reports for all
+        if result.interrupted:
+            raise typer.Exit(130)
+        return
     table = Table(title="pgm train", show_header=False, title_justify="left")
     table.add_row("task", run.data.task)
     table.add_row("steps", f"{result.global_step} / {result.total_steps}")
