@@ -1,0 +1,22 @@
+"""`make bench`: run every benchmark in bench/ in turn (each prints its own side-by-side table).
+
+The merge benchmark writes ~12 GB of synthetic 3B-shaped checkpoints to a temp dir and takes
+minutes; pass names to run a subset: `python bench/run_all.py metrics generate`.
+"""
+
+import subprocess
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).parent
+ALL = ["metrics", "generate", "merge"]
+
+if __name__ == "__main__":
+    chosen = sys.argv[1:] or ALL
+    failed = []
+    for name in chosen:
+        script = HERE / f"bench_{name}.py"
+        print(f"\n=== {script.name} ===", flush=True)
+        if subprocess.run([sys.executable, str(script)]).returncode != 0:
+            failed.append(name)
+    sys.exit(1 if failed else 0)
