@@ -15,9 +15,7 @@ from paligemma_cli.config import DataConfig, ModelConfig
 
 HELP = """Evaluate on TASK's eval split with the official metric (VQA accuracy, ANLS, GQA, COCO captions).
 
-With --model-path (and --adapter) it generates greedily in batches; with --predictions it scores an
-existing results file in the official format. Either way it writes predictions.jsonl (official
-keys + references + per-example score) and metrics.json to --output-dir.
+With --model-path (and --adapter) it generates greedily in batches; with --predictions it scores an existing results file in the official format. Either way it writes predictions.jsonl (official keys + references + per-example score) and metrics.json to --output-dir.
 
 Examples:
 

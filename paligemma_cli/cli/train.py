@@ -14,9 +14,7 @@ from paligemma_cli.config import DataConfig, EvalConfig, LoraConfig, ModelConfig
 
 HELP = """Fine-tune PaliGemma on TASK (coco, docvqa, gqa, vqav2) with QLoRA.
 
-Defaults are the QLoRA recipe: 4-bit NF4 base with double quantisation and bf16 compute, LoRA
-r16/alpha 32 on the language model's q/k/v/o/gate/up/down projections, gradient checkpointing.
-The output dir gets a plain PEFT adapter (+ processor, run_config.json, loss.png) and checkpoints.
+Defaults are the QLoRA recipe: 4-bit NF4 base with double quantisation and bf16 compute, LoRA r16/alpha 32 on the language model's q/k/v/o/gate/up/down projections, gradient checkpointing. The output dir gets a plain PEFT adapter (+ processor, run_config.json, loss.png) and checkpoints.
 
 Examples:
 
