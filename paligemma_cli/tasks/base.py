@@ -35,6 +35,8 @@ class Score:
     metrics: dict[str, Any]
     per_example: dict[Hashable, float]
     notes: list[str] = field(default_factory=list)
+    # Metrics that could not be computed (their value in `metrics` is None): name -> why / how to fix.
+    unavailable: dict[str, str] = field(default_factory=dict)
 
 
 class Task:
@@ -77,20 +79,44 @@ class Task:
         """One prediction in the eval server's official result format."""
         return {self.id_key: example.id, self.answer_key: prediction}
 
-    def parse_results(self, records: Iterable[tuple[int, dict]], source: str) -> dict[Hashable, str]:
-        """Official-format records (with their line numbers) -> {id: prediction}."""
+    def parse_results(self, records: Iterable[tuple[str, Any]], source: str) -> dict[Hashable, str]:
+        """Official-format records, each with where it is ("line 3", "item 3") -> {id: prediction}.
+
+        Extra keys are ignored (pgm's predictions.jsonl adds prompt, references, score); a
+        record without the two official keys, or whose answer is not text, is an error naming it.
+        """
         out: dict[Hashable, str] = {}
-        for line, rec in records:
+        for where, rec in records:
             if not isinstance(rec, dict) or self.id_key not in rec or self.answer_key not in rec:
-                raise PgmError(f"{source} line {line}: a {self.name} result needs "
+                raise PgmError(f"{source} {where}: a {self.name} result needs "
                                f"{{\"{self.id_key}\": ..., \"{self.answer_key}\": ...}}.",
-                               f"Got keys {sorted(rec) if isinstance(rec, dict) else type(rec).__name__}; "
-                               "is --task right?")
-            out[self.normalise_id(rec[self.id_key])] = str(rec[self.answer_key])
+                               self._format_hint(rec))
+            answer = rec[self.answer_key]
+            if isinstance(answer, bool) or not isinstance(answer, (str, int, float)):
+                raise PgmError(f"{source} {where}: \"{self.answer_key}\" must be a string "
+                               f"(got {json.dumps(answer)[:60]}).", "Write one answer string per result.")
+            out[self.normalise_id(rec[self.id_key])] = str(answer)
         return out
 
+    def _format_hint(self, rec: Any) -> str:
+        """Name the task whose official format `rec` has, when it is another one."""
+        from paligemma_cli.tasks import TASKS  # the registry imports this module
+
+        if not isinstance(rec, dict):
+            return f"Got {type(rec).__name__}, not an object; is it the right file?"
+        keys = sorted(map(str, rec))
+        shown = ", ".join(keys[:6]) + (", ..." if len(keys) > 6 else "")
+        for other in TASKS.values():
+            if other is not self and other.id_key in rec and other.answer_key in rec:
+                return f"Got keys [{shown}]: that is the {other.name} format; is --task right?"
+        return f"Got keys [{shown}]; is --task right?"
+
     def normalise_id(self, value: Any) -> Hashable:
-        return value
+        """Ids as the official files hold them: ints for VQAv2, DocVQA and COCO (GQA overrides: str)."""
+        try:
+            return int(value)
+        except (TypeError, ValueError):
+            return value
 
     def score(self, predictions: dict[Hashable, str], examples: Sequence[Example],
               extra: dict[str, Any]) -> Score:

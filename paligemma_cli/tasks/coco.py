@@ -60,12 +60,6 @@ class COCOCaptions(Task):
         return Example(id=int(image_id) if str(image_id).isdigit() else image_id, image=None,
                        prefix=self.prefix(None, template), answers=captions, meta={})
 
-    def normalise_id(self, value: Any) -> Hashable:
-        try:
-            return int(value)
-        except (TypeError, ValueError):
-            return value
-
     def score(self, predictions: dict[Hashable, str], examples: Sequence[Example],
               extra: dict[str, Any]) -> Score:
         from paligemma_cli.metrics.captioning import caption_metrics
@@ -76,11 +70,9 @@ class COCOCaptions(Task):
                            "Use --submission to write results for the eval server instead of scoring.")
         result = caption_metrics(predictions, refs)
         per = {k: v.get("CIDEr", 0.0) for k, v in result["per_image"].items()}
-        notes = [f"{name}: {why}" for name, why in result.get("unavailable", {}).items()]
-        metrics = dict(result["metrics"])
-        for name in result.get("unavailable", {}):
-            metrics[name] = None
-        return Score(metrics, per, notes)
+        unavailable = dict(result.get("unavailable", {}))
+        metrics = {**result["metrics"], **{name: None for name in unavailable}}
+        return Score(metrics, per, unavailable=unavailable)
 
     def write_synthetic(self, root: Path, num_examples: int, seed: int = 0,
                         splits: tuple[str, ...] | None = None) -> list[Path]:

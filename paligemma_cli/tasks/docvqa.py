@@ -54,12 +54,6 @@ class DocVQA(Task):
         return Example(id=int(row.get("questionId", index)), image=None, prefix=self.prefix(question, template),
                        answers=answers, meta={"question": question})
 
-    def normalise_id(self, value: Any) -> Hashable:
-        try:
-            return int(value)
-        except (TypeError, ValueError):
-            return value
-
     def score(self, predictions: dict[Hashable, str], examples: Sequence[Example],
               extra: dict[str, Any]) -> Score:
         from paligemma_cli.metrics.anls import anls

@@ -88,12 +88,6 @@ class VQAv2(Task):
         return Example(id=row.get("question_id", index), image=None, prefix=self.prefix(question, template),
                        answers=answers, meta={"question": question, "answer_type": row.get("answer_type", "other")})
 
-    def normalise_id(self, value: Any) -> Hashable:
-        try:
-            return int(value)
-        except (TypeError, ValueError):
-            return value
-
     def score(self, predictions: dict[Hashable, str], examples: Sequence[Example],
               extra: dict[str, Any]) -> Score:
         from paligemma_cli.metrics.vqa import vqa_accuracy
