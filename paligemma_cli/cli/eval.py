@@ -81,26 +81,36 @@ def eval_command(
         events.close()
     source = str(predictions) if predictions else (f"{run.model.model_path}" + (f" + {adapter}" if adapter else ""))
     written = write_eval_outputs(output_dir, t, result, info={"split": run.data.eval_split or t.eval_split,
-                                                               "source": source, "examples": len(result.rows)},
-                                 submission=submission)
+                                                               "source": source}, submission=submission)
     record_written(output_dir, [p.name for p in written if p.parent == output_dir], kind="eval")
     show_metrics(t.title, result.metrics)
+    for name, why in result.unavailable.items():
+        console.print(f"[yellow]{name} unavailable:[/] {why}", highlight=False)
     for note in result.notes:
         console.print(f"[yellow]note:[/] {note}", highlight=False)
     console.print(f"Wrote {', '.join(str(p) for p in written)}", highlight=False)
 
 
 def show_metrics(title: str, metrics: dict) -> None:
+    """One row per metric (nested per-type dicts as `metric/type`); None shows as unavailable."""
     table = Table(title=title, title_justify="left")
     table.add_column("metric")
     table.add_column("value", justify="right")
+
+    def add(name: str, value) -> None:
+        if value is None:
+            table.add_row(name, "[yellow]unavailable[/]")
+        elif isinstance(value, bool) or isinstance(value, int):
+            table.add_row(name, str(value))
+        elif isinstance(value, float):
+            table.add_row(name, f"{value:.4f}")
+
     for key, value in metrics.items():
         if isinstance(value, dict):
             for sub, v in value.items():
-                if isinstance(v, (int, float)):
-                    table.add_row(f"{key}/{sub}", f"{v:.4f}")
-        elif isinstance(value, (int, float)):
-            table.add_row(key, f"{value:.4f}")
-        elif value is None:
-            table.add_row(key, "unavailable")
+                add(f"{key}/{sub}", v)
+        else:
+            add(key, value)
+    if not metrics:
+        table.add_row("(not scored)", "")
     console.print(table)

@@ -20,9 +20,11 @@ from paligemma_cli.tasks import Example, Task
 
 @dataclass
 class EvalResult:
-    metrics: dict[str, Any]
+    metrics: dict[str, Any]  # a metric that could not be computed is None (see `unavailable`)
     rows: list[dict[str, Any]]  # official record + prompt, references, per-example score
     notes: list[str] = field(default_factory=list)
+    unavailable: dict[str, str] = field(default_factory=dict)  # metric -> why / how to get it
+    examples: int = 0  # examples in the evaluated split (rows holds those with a prediction)
 
 
 def score(task: Task, predictions: dict[Hashable, str], examples: Sequence[Example],
@@ -32,12 +34,13 @@ def score(task: Task, predictions: dict[Hashable, str], examples: Sequence[Examp
         rows = [{**task.result_record(ex, predictions[ex.id]), "prompt": ex.prefix}
                 for ex in examples if ex.id in predictions]
         return EvalResult({}, rows, [f"The {task.name} split has no reference answers; predictions "
-                                     "were not scored (use --submission for the eval server)."])
-    known = {ex.id for ex in examples}
+                                     "were not scored (use --submission for the eval server)."],
+                          examples=len(examples))
     notes = []
-    missing = len(known - set(predictions))
+    missing = [ex.id for ex in examples if ex.id not in predictions]
     if missing:
-        notes.append(f"{missing} of {len(known)} examples have no prediction; they are scored as wrong.")
+        notes.append(f"{len(missing)} of {len(examples)} examples have no prediction (first: {missing[0]!r}); "
+                     "they are scored as wrong.")
     result = task.score(predictions, examples, extra)
     rows = []
     for ex in examples:
@@ -46,7 +49,7 @@ def score(task: Task, predictions: dict[Hashable, str], examples: Sequence[Examp
             continue
         rows.append({**task.result_record(ex, pred), "prompt": ex.prefix, "references": ex.answers,
                      "score": result.per_example.get(ex.id)})
-    return EvalResult(result.metrics, rows, notes + result.notes)
+    return EvalResult(result.metrics, rows, notes + result.notes, dict(result.unavailable), len(examples))
 
 
 def evaluate_model(task: Task, model, processor, examples: Sequence[Example], *, max_new_tokens: int,
@@ -57,54 +60,81 @@ def evaluate_model(task: Task, model, processor, examples: Sequence[Example], *,
 
     events = events or Events()
     events.eval_start(len(examples), f"{task.name}: generating")
-    answers = generate_answers(model, processor, examples, max_new_tokens=max_new_tokens,
-                               batch_size=batch_size, on_batch=events.eval_advance)
+    # list(): run the generator to its end, so it puts the model back in its training mode now.
+    answers = list(generate_answers(model, processor, examples, max_new_tokens=max_new_tokens,
+                                    batch_size=batch_size, on_batch=events.eval_advance))
     predictions = {ex.id: ans for ex, ans in zip(examples, answers)}
     result = score(task, predictions, examples, extra or {})
     events.eval_end(result.metrics)
     return result
 
 
-def read_predictions(task: Task, path: Path) -> dict[Hashable, str]:
-    """Read a results file: a JSON list, or JSON lines, of the task's official result records."""
+def read_predictions(task: Task, path: Path) -> tuple[dict[Hashable, str], list[str]]:
+    """Read a results file: a JSON list, or JSON lines, of the task's official result records.
+
+    Returns {id: prediction} and notes (repeated ids). Malformed JSON, a record of the wrong
+    format and an empty file are errors naming the line (or list item).
+    """
     path = Path(path)
+    source = f"--predictions {path}"
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
-        raise PgmError(f"Cannot read --predictions {path}: {exc.strerror}.", "Check the path.") from None
-    stripped = text.lstrip()
-    records: list[tuple[int, Any]] = []
-    if stripped.startswith("["):
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise PgmError(f"--predictions {path} line {exc.lineno}: invalid JSON ({exc.msg}).",
-                           "Fix the file; it must be a JSON list or one JSON object per line.") from None
-        records = [(i + 1, rec) for i, rec in enumerate(data)]
-    else:
-        for lineno, line in enumerate(text.splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                records.append((lineno, json.loads(line)))
-            except json.JSONDecodeError as exc:
-                raise PgmError(f"--predictions {path} line {lineno}: invalid JSON ({exc.msg}).",
-                               "Each line must be one JSON object.") from None
+        raise PgmError(f"Cannot read {source}: {exc.strerror}.", "Check the path.") from None
+    except UnicodeDecodeError as exc:
+        raise PgmError(f"{source} is not UTF-8 text (byte {exc.start}).",
+                       "Give the JSON results file, not an archive or a binary.") from None
+    records = _result_records(text, source)
     if not records:
-        raise PgmError(f"--predictions {path} holds no predictions.", "Is it the right file?")
-    return task.parse_results(records, f"--predictions {path}")
+        raise PgmError(f"{source} holds no predictions.", "Is it the right file?")
+    predictions = task.parse_results(records, source)
+    notes = []
+    if len(predictions) < len(records):
+        notes.append(f"{len(records) - len(predictions)} results in {source} repeat an id; the last one of "
+                     "each is used.")
+    return predictions, notes
+
+
+def _result_records(text: str, source: str) -> list[tuple[str, Any]]:
+    """(where, record) pairs from a JSON list ("item N") or JSON lines ("line N")."""
+    try:
+        whole = json.loads(text)
+    except json.JSONDecodeError as exc:
+        if text.lstrip().startswith("["):
+            raise PgmError(f"{source} line {exc.lineno}: invalid JSON ({exc.msg}).",
+                           "Fix the file; it must be a JSON list or one JSON object per line.") from None
+        whole = None  # JSON lines: parsed line by line below
+    if isinstance(whole, list):
+        return [(f"item {i + 1}", rec) for i, rec in enumerate(whole)]
+    if whole is not None:  # one JSON value: a one-line file, or a pretty-printed object
+        return [("line 1", whole)]
+    records = []
+    for lineno, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            records.append((f"line {lineno}", json.loads(line)))
+        except json.JSONDecodeError as exc:
+            raise PgmError(f"{source} line {lineno}: invalid JSON ({exc.msg}).",
+                           "Each line must be one JSON object (or give one JSON list).") from None
+    return records
 
 
 def check_prediction_ids(predictions: dict[Hashable, str], examples: Sequence[Example],
-                         source: str) -> list[str]:
-    """Unknown ids: all unknown is an error (wrong split or task); some unknown is reported."""
-    known = {ex.id for ex in examples}
+                         extra: dict[str, Any], source: str) -> list[str]:
+    """Unknown ids: all unknown is an error (wrong split or task); some unknown is reported.
+
+    Ids of the scorer's wider question set count as known (GQA scores consistency on entailed
+    questions of <split>_all_questions.json, which official result files include).
+    """
+    known = {ex.id for ex in examples} | set(extra.get("questions") or ())
     unknown = [k for k in predictions if k not in known]
     if unknown and len(unknown) == len(predictions):
         raise PgmError(f"None of the {len(predictions)} ids in {source} is in this split "
                        f"(first: {unknown[0]!r}).", "Check --task and --split.")
     if unknown:
-        return [f"{len(unknown)} predictions have ids not in this split (first: {unknown[0]!r}); ignored."]
+        return [f"{len(unknown)} of {len(predictions)} predictions have ids not in this split "
+                f"(first: {unknown[0]!r}); they are ignored."]
     return []
 
 
@@ -127,13 +157,21 @@ def write_eval_outputs(out_dir: Path, task: Task, result: EvalResult, *, info: d
         for row in result.rows:
             fh.write(json.dumps(_json_safe(row)) + "\n")
     metrics_path = out_dir / "metrics.json"
-    metrics_path.write_text(json.dumps(_json_safe({"task": task.name, **info, "metrics": result.metrics,
-                                                   "notes": result.notes}), indent=2))
+    metrics_path.write_text(json.dumps(_json_safe({
+        "task": task.name, **info, "examples": result.examples, "predictions": len(result.rows),
+        "metrics": result.metrics, "unavailable": result.unavailable, "notes": result.notes}), indent=2))
     written = [pred_path, metrics_path]
     if submission is not None:
+        # Exactly the eval server's format: a JSON list of objects with the two official keys.
         records = [{task.id_key: r[task.id_key], task.answer_key: r[task.answer_key]} for r in result.rows]
-        Path(submission).write_text(json.dumps(records))
-        written.append(Path(submission))
+        submission = Path(submission)
+        try:
+            submission.parent.mkdir(parents=True, exist_ok=True)
+            submission.write_text(json.dumps(records))
+        except OSError as exc:
+            raise PgmError(f"Cannot write --submission {submission}: {exc.strerror}.",
+                           "Choose a writable path.") from None
+        written.append(submission)
     return written
 
 
@@ -149,8 +187,8 @@ def run_evaluation(task: Task, data, *, model_cfg=None, adapter: Path | None = N
     extra = task.load_score_extra(Path(data.data_root), split) if data.data_root is not None else {}
     extra["always_normalize"] = always_normalize
     if predictions_file is not None:
-        predictions = read_predictions(task, predictions_file)
-        notes = check_prediction_ids(predictions, examples, f"--predictions {predictions_file}")
+        predictions, notes = read_predictions(task, predictions_file)
+        notes += check_prediction_ids(predictions, examples, extra, f"--predictions {predictions_file}")
         result = score(task, predictions, examples, extra)
         result.notes = notes + result.notes
         return result

@@ -29,10 +29,12 @@ def generate_answers(model, processor, examples: Sequence[Example], *, max_new_t
                 out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False,
                                      num_beams=1, pad_token_id=tokenizer.pad_token_id)
             new_tokens = out[:, batch["input_ids"].shape[1]:]
-            for text in tokenizer.batch_decode(new_tokens, skip_special_tokens=True):
-                yield clean_prediction(text)
+            texts = [clean_prediction(t) for t in tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
+            # Report before yielding: a consumer that stops after the last answer (zip) never
+            # resumes the generator, so a report after the yields would be lost for the last batch.
             if on_batch:
                 on_batch(len(chunk))
+            yield from texts
     finally:
         if was_training:
             model.train()

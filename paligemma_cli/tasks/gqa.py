@@ -79,8 +79,7 @@ class GQA(Task):
         if questions is None:  # hub / JSONL source: balanced questions with no structure known
             questions = {ex.id: {"answer": ex.answers[0], "types": {"structural": "query"},
                                  "entailed": [], "isBalanced": True} for ex in examples}
-            notes.append("GQA consistency/binary split need the official questions file; "
-                         "scored as open questions only.")
+            notes.append("Without the official questions file every question is scored as open.")
         else:
             wanted = {ex.id for ex in examples}
             # Score the evaluated balanced questions plus whatever they entail.
@@ -89,9 +88,31 @@ class GQA(Task):
                 keep.update(str(e) for e in questions.get(qid, {}).get("entailed", []))
             questions = {qid: q for qid, q in questions.items()
                          if qid in keep and (qid in wanted or not q.get("isBalanced", True))}
+            unpredicted = sum(1 for qid in questions if qid not in wanted and qid not in predictions)
+            if unpredicted:
+                notes.append(f"{unpredicted} questions entailed by the evaluated ones have no prediction and "
+                             "count as wrong in consistency (the official score needs predictions for "
+                             "all of <split>_all_questions.json).")
         result = gqa_metrics(predictions, questions, choices=extra.get("choices"))
-        per = {k: v / 100.0 for k, v in result.pop("per_question", {}).items()}
-        return Score(result, per, notes)
+        per = {k: v / 100.0 for k, v in result["per_question"].items()}
+        if result["entailed_missing"]:
+            notes.append(f"{result['entailed_missing']} entailed questions are not in the scored question "
+                         "set and were left out of consistency.")
+        # The official headline numbers first, in eval.py's order; then the per-type breakdown.
+        metrics = {k: result.get(k) for k in ("accuracy", "binary", "open", "consistency", "validity",
+                                              "plausibility", "distribution")}
+        unavailable = {}
+        if "questions" not in extra:
+            for name in ("binary", "consistency"):
+                metrics[name] = None
+                unavailable[name] = "needs the official <split>_balanced_questions.json (--data-root)."
+        if "choices" not in extra:
+            unavailable["validity"] = unavailable["plausibility"] = "needs the choices file <split>_choices.json."
+        if metrics["distribution"] is None:
+            unavailable["distribution"] = "no scored question has an answer group (groups.global)."
+        metrics["per_structural_type"] = result["per_structural_type"]
+        metrics["per_semantic_type"] = result["per_semantic_type"]
+        return Score(metrics, per, notes, unavailable)
 
     def write_synthetic(self, root: Path, num_examples: int, seed: int = 0,
                         splits: tuple[str, ...] | None = None) -> list[Path]:
