@@ -13,6 +13,7 @@ import os
 import random
 import re
 import shutil
+import signal
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -59,6 +60,17 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def crash_point(hook: str, step: int) -> None:
+    """Test hook, inert unless the environment sets `hook` to `step`: SIGKILL this process there.
+
+    The resume tests use PGM_TEST_KILL_AT_STEP (mid-step, before the optimiser update) and
+    PGM_TEST_CRASH_DURING_SAVE (after part of the checkpoint's temp folder is written) to crash
+    at an exact point and prove the resumed run ends bit-identical to an uninterrupted one.
+    """
+    if os.environ.get(hook) == str(step):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
 def _fsync_tree(path: Path) -> None:
     for p in path.rglob("*"):
         if p.is_file():
@@ -80,6 +92,7 @@ def save_checkpoint(output_dir: Path, model, optimizer, scheduler, state: LoopSt
     try:
         tmp.mkdir()
         model.save_pretrained(tmp)
+        crash_point("PGM_TEST_CRASH_DURING_SAVE", state.global_step)
         torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
         torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
         torch.save(rng if rng is not None else rng_state(), tmp / "rng.pt")

@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from paligemma_cli.config import TrainRun
-from paligemma_cli.engine.checkpoint import (LoopState, latest_checkpoint, load_checkpoint, rng_state,
-                                             save_checkpoint, set_rng_state)
+from paligemma_cli.engine.checkpoint import (LoopState, crash_point, latest_checkpoint, load_checkpoint,
+                                             rng_state, save_checkpoint, set_rng_state)
 from paligemma_cli.engine.events import Events
 from paligemma_cli.engine.outputs import prepare_output_dir, record_written
 from paligemma_cli.errors import PgmError
@@ -35,6 +35,7 @@ class TrainResult:
     final_loss: float | None
     seconds: float
     interrupted: bool = False
+    main_process: bool = True  # False on the other processes of a multi-process run (they print nothing)
     best: dict[str, Any] | None = None
     eval_history: list[dict[str, Any]] = field(default_factory=list)
     truncated_examples: int = 0
@@ -113,6 +114,33 @@ def _write_json(path: Path, obj: Any) -> None:
     tmp.replace(path)
 
 
+def _truncate_log(path: Path, step: int) -> None:
+    """Keep the log lines up to `step`: later ones were written after the checkpoint a resume starts
+    from and will be logged again (a line torn by a crash is dropped too)."""
+    if not path.exists():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict) and record.get("step", 0) <= step:
+            kept.append(line + "\n")
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(kept))
+    tmp.replace(path)
+
+
+def _numerical_fault(value: float, what: str, step: int, detail: str, out: Path) -> PgmError:
+    prev = latest_checkpoint(out)
+    return PgmError(
+        f"The {what} became {value} at step {step} ({detail}); training stopped.",
+        "Likely causes: a learning rate too high (try --learning-rate 1e-5), fp16 compute on Gemma "
+        "(use --compute-dtype bf16 or fp32), or a bad example. "
+        + (f"The last good checkpoint, {prev}, is kept." if prev else "No checkpoint was written yet."))
+
+
 def train(run: TrainRun, events: Events | None = None) -> TrainResult:
     """Run `pgm train`: load data and model, train with LoRA, checkpoint, evaluate, save the adapter."""
     import torch
@@ -120,6 +148,7 @@ def train(run: TrainRun, events: Events | None = None) -> TrainResult:
 
     from paligemma_cli.data.sources import load_examples
     from paligemma_cli.engine.batches import TrainCollator, TrainingSet, to_device
+    from paligemma_cli.engine.loss import answer_loss
     from paligemma_cli.engine.model import attach_lora, device_kind, load_model, load_processor, resolve_compute_dtype
     from paligemma_cli.engine.tracking import Tracker
     from paligemma_cli.tasks import get_task
@@ -174,17 +203,19 @@ def train(run: TrainRun, events: Events | None = None) -> TrainResult:
     total_steps = cfg.max_steps or max(1, math.ceil(cfg.num_epochs * steps_per_epoch))
     scheduler = _make_scheduler(run, optimizer, total_steps)
 
-    state = LoopState(total_steps=total_steps)
+    state, rng = LoopState(total_steps=total_steps), None
+    log_path = out / LOG_FILE
     if cfg.resume:
         ckpt = latest_checkpoint(out)
         if ckpt is None:
             raise PgmError(f"--resume: no complete checkpoint in {out / 'checkpoints'}.",
                            "Drop --resume to start over (with --overwrite).")
         state, rng = load_checkpoint(ckpt, accelerator.unwrap_model(model), optimizer, scheduler)
-        set_rng_state(rng)
         if state.total_steps != total_steps:
             events.message(f"Resumed run planned {state.total_steps} steps; now {total_steps}.", "warning")
             state.total_steps = total_steps
+        if main:
+            _truncate_log(log_path, state.global_step)
         events.message(f"Resuming from {ckpt.name} (step {state.global_step} of {total_steps}).")
 
     tracker = Tracker(cfg.use_wandb and main, cfg.wandb_project, run.to_dict(), out, state.wandb_run_id)
@@ -193,7 +224,7 @@ def train(run: TrainRun, events: Events | None = None) -> TrainResult:
         _write_json(out / RUN_CONFIG, {"pgm_run": run.to_dict(), "task": task.name,
                                        "trainable_params": trainable, "total_params": total_params,
                                        "processes": accelerator.num_processes, "total_steps": total_steps})
-        record_written(out, [RUN_CONFIG, LOG_FILE, "checkpoints"])
+        record_written(out, [RUN_CONFIG, LOG_FILE, "checkpoints"] + (["wandb"] if cfg.use_wandb else []))
 
     events.train_start(total_steps, state.global_step, {
         "task": task.name, "examples": len(train_examples), "trainable_params": trainable,
@@ -231,17 +262,21 @@ def train(run: TrainRun, events: Events | None = None) -> TrainResult:
                 record_written(out, ["best"])
         accelerator.wait_for_everyone()
 
-    log_path = out / LOG_FILE
     model.train()
     last_loss = None
     window_loss, window_n, window_samples, window_t = 0.0, 0, 0, time.time()
     interrupted = False
+    if rng is not None:  # restored last, so nothing above (W&B, loaders) can shift the streams
+        set_rng_state(rng)
     with _StopFlag() as stop:
         while state.global_step < total_steps and not interrupted:
             sampler.set_epoch(state.epoch)
             dataset.set_epoch(state.epoch)
             skip = state.batch_in_epoch
             epoch_loader = accelerator.skip_first_batches(loader, skip) if skip else loader
+            # accelerate's loader re-sets the sampler's epoch from its own iteration counter on
+            # every iter(); after a resume that counter starts at 0, so give it the real epoch.
+            epoch_loader.set_epoch(state.epoch)
             pos = skip
             for batch in epoch_loader:
                 pos += 1
@@ -251,25 +286,25 @@ def train(run: TrainRun, events: Events | None = None) -> TrainResult:
                 batch = to_device(batch, model)
                 ctx = accelerator.no_sync(model) if not sync else contextlib.nullcontext()
                 with ctx, accelerator.autocast():
-                    loss = model(**batch).loss
-                    finite = torch.isfinite(loss.detach()).float()
+                    loss = answer_loss(model, batch)  # logits for answer positions only
+                    # accelerate's reduce knows sum/mean/max only: count the processes with a bad loss
+                    bad = (~torch.isfinite(loss.detach())).float()
                     if accelerator.num_processes > 1:
-                        finite = accelerator.reduce(finite, "min")
-                    if finite.item() < 1:
-                        prev = latest_checkpoint(out)
-                        raise PgmError(
-                            f"The loss became {loss.item()} at step {state.global_step + 1} "
-                            f"(epoch {state.epoch}, micro-batch {pos}).",
-                            "Likely causes: a learning rate too high (try --learning-rate 1e-5), fp16 "
-                            "compute on Gemma (use --compute-dtype bf16 or fp32), or a bad example. "
-                            + (f"Last good checkpoint: {prev}; rerun with --resume." if prev else ""))
+                        bad = accelerator.reduce(bad, "max")
+                    if bad.item() > 0:
+                        raise _numerical_fault(loss.item(), "loss", state.global_step + 1,
+                                               f"epoch {state.epoch}, micro-batch {pos}", out)
                     accelerator.backward(loss / group_len)
                 window_loss += loss.detach().float().item() / group_len
                 window_samples += batch["input_ids"].shape[0] * accelerator.num_processes
                 if not sync:
                     continue
+                crash_point("PGM_TEST_KILL_AT_STEP", state.global_step + 1)
                 if cfg.max_grad_norm > 0:
-                    accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+                    norm = accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+                    if not math.isfinite(float(norm)):  # an inf/NaN update would poison the next checkpoint
+                        raise _numerical_fault(float(norm), "gradient norm", state.global_step + 1,
+                                               f"epoch {state.epoch}", out)
                 optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
@@ -296,9 +331,13 @@ def train(run: TrainRun, events: Events | None = None) -> TrainResult:
                 if cfg.eval_steps and state.global_step % cfg.eval_steps == 0:
                     run_eval()
                 done = state.global_step >= total_steps
-                if stop.requested or done or state.global_step % cfg.save_steps == 0:
+                stopping = stop.requested
+                if accelerator.num_processes > 1:  # every process must stop at the same step
+                    stopping = accelerator.reduce(torch.tensor(float(stopping), device=accelerator.device),
+                                                  "max").item() > 0
+                if stopping or done or state.global_step % cfg.save_steps == 0:
                     checkpoint()
-                if stop.requested:
+                if stopping:
                     interrupted = True
                     break
                 if done:
@@ -307,7 +346,7 @@ def train(run: TrainRun, events: Events | None = None) -> TrainResult:
                 state.epoch, state.batch_in_epoch = state.epoch + 1, 0
 
     result = TrainResult(out, state.global_step, total_steps, last_loss, time.time() - started,
-                         interrupted=interrupted, truncated_examples=collator.truncated,
+                         interrupted=interrupted, main_process=main, truncated_examples=collator.truncated,
                          eval_history=[h["eval"] for h in state.log_history if "eval" in h])
     if interrupted:
         tracker.finish()
