@@ -266,3 +266,43 @@ def test_outputs_and_the_submission_format(tmp_path):
     assert (metrics["examples"], metrics["predictions"], metrics["notes"]) == (2, 1, ["a note"])
     assert json.loads((tmp_path / "out" / "predictions.jsonl").read_text()) == rows[0]
 
+
+
+# ----- inside pgm train ---------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_eval_steps_logs_the_metric_and_keeps_the_best_adapter(tmp_path, synthetic_data, tiny_model_dir,
+                                                               monkeypatch, one_thread):
+    """`pgm train --eval-steps 1` runs the real evaluation at each step and keeps best/ by the metric.
+
+    The tiny model's answers score 0 at every step, so the headline metric is replaced by a
+    scripted sequence (10, 30, 20) after the real generation and scoring have run.
+    """
+    from peft import get_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    import paligemma_cli.engine.evaluate as evaluate
+    from paligemma_cli.config import build_run
+    from paligemma_cli.engine.train import train
+
+    real, scripted, adapters = evaluate.evaluate_model, iter([10.0, 30.0, 20.0]), {}
+
+    def scripted_eval(task, model, processor, examples, **kwargs):
+        result = real(task, model, processor, examples, **kwargs)
+        assert len(result.rows) == len(examples) == 4 and model.training  # generated, mode restored
+        result.metrics["accuracy"] = value = next(scripted)
+        adapters[value] = {k: v.detach().clone() for k, v in get_peft_model_state_dict(model).items()}
+        return result
+
+    monkeypatch.setattr(evaluate, "evaluate_model", scripted_eval)
+    out = tmp_path / "run"
+    result = train(build_run(dict(task="vqav2", model_path="tiny", data_root=str(synthetic_data("vqav2")),
+                                  output_dir=str(out), batch_size=2, gradient_accumulation_steps=1, max_steps=3,
+                                  eval_steps=1, max_eval_samples=4, learning_rate=1e-2, save_steps=100)))
+    assert [(e["step"], e["accuracy"]) for e in result.eval_history] == [(1, 10.0), (2, 30.0), (3, 20.0)]
+    assert result.best == {"step": 2, "accuracy": 30.0}
+    best = load_file(str(out / "best" / "adapter_model.safetensors"))
+    assert best.keys() == adapters[30.0].keys()
+    assert all(torch.equal(best[k], adapters[30.0][k]) for k in best)
+    assert not all(torch.equal(best[k], adapters[20.0][k]) for k in best)  # not simply the last one
+    assert (out / "best" / "processor_config.json").exists()
