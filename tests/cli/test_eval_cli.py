@@ -7,11 +7,11 @@ import threading
 from types import SimpleNamespace
 
 import pytest
-import torch
 from typer.testing import CliRunner
 
 from paligemma_cli.cli import app
 from paligemma_cli.tasks import get_task
+from tests.engine.test_evaluate import one_thread  # noqa: F401  (a fixture)
 
 runner = CliRunner()
 
@@ -47,15 +47,6 @@ def read_outputs(out):
     metrics = json.loads((out / "metrics.json").read_text())
     rows = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
     return metrics, rows
-
-
-@pytest.fixture
-def one_thread():
-    # See tests/engine/test_evaluate.py: one intra-op thread is ~10x faster on a shared 2-core box.
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 class FakeMeteor:
