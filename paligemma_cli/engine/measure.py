@@ -5,6 +5,12 @@ the tensors that stay resident (weights, LoRA, optimizer states) plus the alloca
 one step above them, read from the PyTorch profiler's memory timeline (process RSS growth if
 that private API is unavailable). Weight storage is walked tensor by tensor, bitsandbytes
 quant states included, for comparison with `memory.estimate(...).weights`.
+
+The step is `pgm train`'s: the batch comes from its `TrainCollator`, the loss from
+`engine.loss.answer_loss` (logits for the answer positions only), then backward, gradient
+clipping and the optimizer step; on CUDA with bf16 compute under the same autocast as
+accelerate's mixed precision. `random_model` writes small random PaliGemmas of any shape, so the
+activation coefficients of `engine.memory` can be re-fitted with `measure` (docs/memory.md).
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ class Measurement:
     reserved: int | None
     weights: int  # storage of the loaded (quantised) weights, walked tensor by tensor
     seq_len: int
+    answer_positions: int  # K: positions whose logits the loss asked for (engine.loss)
     method: str
 
 
@@ -55,27 +62,35 @@ def tensor_storage(model) -> tuple[int, int]:
 
 
 def measure(model_cfg, lora_cfg, setup: TrainSetup, steps: int = 3,
-            on_step: Callable[[int], None] | None = None) -> Measurement:
+            on_step: Callable[[int], None] | None = None, max_grad_norm: float = 1.0) -> Measurement:
     """Run `steps` real training steps on the present device and report the peak memory."""
+    import contextlib
+
     import torch
 
-    from paligemma_cli.engine.model import attach_lora, load_model, load_processor
+    from paligemma_cli.engine.batches import to_device
+    from paligemma_cli.engine.loss import answer_loss, answer_positions
+    from paligemma_cli.engine.model import attach_lora, load_model, load_processor, resolve_compute_dtype
 
     base = load_model(model_cfg)
     weights, _ = tensor_storage(base)  # as loaded: what the estimate's weight rows describe
     model = attach_lora(base, model_cfg, lora_cfg)
     model.train()
-    batch, seq_len = _synthetic_batch(load_processor(model_cfg.model_path, model_cfg.revision), setup)
-    device = next(p for p in model.parameters() if p.requires_grad).device
-    batch = {k: v.to(device) for k, v in batch.items()}
-    if "pixel_values" in batch:
-        batch["pixel_values"] = batch["pixel_values"].to(model.get_base_model().dtype)
+    batch = to_device(synthetic_batch(load_processor(model_cfg.model_path, model_cfg.revision), setup), model)
+    seq_len, keep = int(batch["input_ids"].shape[1]), answer_positions(batch["labels"])
     trainable = [p for p in model.parameters() if p.requires_grad]
+    device = trainable[0].device
     optimizer = _optimizer(setup.optimizer, trainable, device.type)
+    # accelerate's mixed_precision="bf16", as engine.train turns it on (CUDA with bf16 compute only)
+    bf16 = device.type == "cuda" and resolve_compute_dtype(model_cfg.compute_dtype) == torch.bfloat16
 
     def step() -> None:
-        loss = model(**batch).loss
-        loss.backward()
+        autocast = torch.autocast("cuda", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+        with autocast:
+            loss = answer_loss(model, batch)
+            loss.backward()
+        if max_grad_norm > 0:
+            torch.nn.utils.clip_grad_norm_(trainable, max_grad_norm)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
@@ -86,7 +101,7 @@ def measure(model_cfg, lora_cfg, setup: TrainSetup, steps: int = 3,
             if on_step:
                 on_step(i + 1)
         return Measurement("cuda", torch.cuda.max_memory_allocated(), torch.cuda.max_memory_reserved(),
-                           weights, seq_len, "torch.cuda.max_memory_allocated")
+                           weights, seq_len, keep, "torch.cuda.max_memory_allocated")
     step()  # optimizer states now exist, as in every later step
     if on_step:
         on_step(1)
@@ -95,7 +110,7 @@ def measure(model_cfg, lora_cfg, setup: TrainSetup, steps: int = 3,
     for i in range(2, steps + 1):
         if on_step:
             on_step(i)
-    return Measurement("cpu", None if peak is None else resident + peak, None, weights, seq_len, method)
+    return Measurement("cpu", None if peak is None else resident + peak, None, weights, seq_len, keep, method)
 
 
 def _optimizer(name: str, params, device: str):
@@ -161,16 +176,54 @@ def _rss_step_peak(step: Callable[[], None]) -> tuple[int | None, str]:
     return max(0, peak[0] - base), "CPU: resident tensors + process RSS growth during a step"
 
 
-def _synthetic_batch(processor, setup: TrainSetup):
-    """A training batch as pgm builds it (prompt + suffix through the processor), ~max_length text tokens."""
+def synthetic_batch(processor, setup: TrainSetup) -> dict:
+    """A training batch built by `pgm train`'s collator: about `max_length` text tokens per row, the
+    answer sized so the loss keeps `setup.keep` positions (answer + EOS + 1)."""
     from PIL import Image
+
+    from paligemma_cli.engine.batches import TrainCollator
 
     size = processor.image_processor.size
     height, width = size.get("height", 224), size.get("width", 224)
-    half = max(1, setup.max_length // 2 - 2)
-    prompt = "answer en " + " ".join(["what"] * half)
-    suffix = " ".join(["red"] * half)
-    images = [Image.new("RGB", (width, height), (i * 37 % 255, 90, 160)) for i in range(setup.batch_size)]
-    batch = processor(text=[prompt] * setup.batch_size, images=images, suffix=[suffix] * setup.batch_size,
-                      padding="longest", return_tensors="pt")
-    return dict(batch), int(batch["input_ids"].shape[1])
+    answer = max(1, setup.keep - 2)  # words ~ tokens; the answer's EOS and the +1 make K
+    prompt = max(1, setup.max_length - answer - 5)  # BOS, "answer en", "\n", EOS around the words
+    items = [{"image": Image.new("RGB", (width, height), (i * 37 % 255, 90, 160)),
+              "prefix": "answer en " + " ".join(["what"] * prompt), "suffix": " ".join(["red"] * answer)}
+             for i in range(setup.batch_size)]
+    return TrainCollator(processor, setup.max_length)(items)
+
+
+def random_model(out_dir, variant: str = "tiny", *, image_size: int | None = None, vocab_size: int | None = None,
+                 text: dict | None = None, vision: dict | None = None, seed: int = 0):
+    """A random PaliGemma shaped like `variant`'s tiny model with `text` / `vision` config overrides,
+    `image_size` pixels (image tokens = (image_size / patch)^2) and `vocab_size` rows (>= the
+    tokenizer's), written with its processor to `out_dir`: a model `measure` can load."""
+    from pathlib import Path
+
+    import torch
+    from transformers import AutoConfig, AutoProcessor, PaliGemmaForConditionalGeneration
+
+    from paligemma_cli.engine.tiny import ensure_tiny
+
+    source = ensure_tiny(variant)
+    config = AutoConfig.from_pretrained(source)
+    processor = AutoProcessor.from_pretrained(source)
+    for key, value in (text or {}).items():
+        setattr(config.text_config, key, value)
+    for key, value in (vision or {}).items():
+        setattr(config.vision_config, key, value)
+    config.projection_dim = config.vision_config.projection_dim = config.text_config.hidden_size
+    if vocab_size:
+        config.text_config.vocab_size = vocab_size
+    if image_size:
+        config.vision_config.image_size = image_size
+        processor.image_processor.size = {"height": image_size, "width": image_size}
+    tokens = (config.vision_config.image_size // config.vision_config.patch_size) ** 2
+    processor.image_seq_length = processor.image_processor.image_seq_length = tokens
+    config.text_config.num_image_tokens = tokens
+    torch.manual_seed(seed)
+    model = PaliGemmaForConditionalGeneration(config)
+    out = Path(out_dir)
+    model.save_pretrained(out)
+    processor.save_pretrained(out)
+    return out

@@ -13,11 +13,14 @@
   states plus an fp32 absmax per 256 values (tensors under 4096 values stay 32-bit).
 - **activations**: bytes kept per token, calibrated against allocation peaks measured with the
   PyTorch profiler on CPU (see docs/memory.md): per decoder layer a*h + b*I + c*q + d*kv plus
-  5 bytes per input feature of each LoRA-wrapped Linear (dropout output and mask) and 8*r;
-  the logits (B x S x vocab, fp32 after the k-bit upcast) cost 16 bytes per vocab entry per
-  token at the start of the backward pass, which dominates PaliGemma's 257k vocabulary. With
-  gradient checkpointing only the layer inputs stay and the peak is the larger of the logits
-  phase and the recompute of one layer.
+  5 bytes per input feature of each LoRA-wrapped Linear (dropout output and mask) and 4*r,
+  over all B x S tokens (image tokens included). The training loss (`engine.loss.answer_loss`)
+  takes logits for the last K positions only, K = the longest answer of the batch + 1
+  (`TrainSetup.answer_tokens`, at most max_length): 12 bytes per vocab entry per kept row
+  (fp32 log-softmax output and two gradients; 16 with Gemma 2's soft-capping) at the start of
+  the backward pass, B x K x vocab in all. With gradient checkpointing only the layer inputs
+  stay and the peak is the larger of that logits moment and the recompute of one layer (the
+  latter for PaliGemma at every resolution, unless answers are long).
 - **overhead**: the CUDA context and cuBLAS workspace (not seen by torch's allocator) and a
   share of allocator fragmentation.
 
@@ -50,11 +53,15 @@ FRAGMENTATION = 0.10  # caching-allocator slack, as a share of activations + gra
 # Bytes kept per token (see module docstring). "fp32": the k-bit prepared model (its embeddings
 # and norms are upcast, so the residual stream is fp32) or --compute-dtype fp32; "half": an
 # unquantised bf16/fp16 model. Calibrated on CPU with torch.profiler (docs/memory.md).
+# The logits terms count per kept logit row (B x K, engine.loss): "logits" per vocab entry (fp32
+# log-softmax output, its gradient and the gradient of its input), "softcap" Gemma 2's tanh
+# output. The logits phase also holds per token "logits_ckpt" x h per layer (the checkpointed
+# layer inputs) and "logits_h" x h, plus "mask" bytes per B x S^2 (fitted; the attention masks).
 ACT = {
-    "fp32": dict(h=19, I=15, q=11, kv=8, logits=16, held=4, ckpt=12, bwd_I=6, extra_h=4, extra_h_gc=16,
-                 softcap=4, scores=8),
-    "half": dict(h=19, I=9, q=7, kv=4, logits=14, held=2, ckpt=12, bwd_I=8, extra_h=4, extra_h_gc=12,
-                 softcap=4, scores=6),
+    "fp32": dict(h=19, I=15, q=11, kv=8, logits=12, ckpt=12, bwd_I=6, extra_h=4, extra_h_gc=16,
+                 softcap=4, scores=8, logits_ckpt=4, logits_h=4, mask=6),
+    "half": dict(h=19, I=9, q=7, kv=4, logits=12, ckpt=12, bwd_I=8, extra_h=4, extra_h_gc=12,
+                 softcap=4, scores=6, logits_ckpt=2, logits_h=0, mask=6),
 }
 LORA_ACT_PER_IN, LORA_ACT_PER_R = 5, 4  # dropout output (fp32) + mask per input feature; the A output
 
@@ -72,6 +79,14 @@ class TrainSetup:
     gradient_checkpointing: bool = True
     optimizer: str = "adamw"
     resolution: int | None = None  # None: the checkpoint's own image size
+    # K, the positions the loss takes logits for (engine.loss): the longest answer of a batch in
+    # tokens (EOS included) + 1. None: max_length, the most the collator lets an answer take.
+    answer_tokens: int | None = None
+
+    @property
+    def keep(self) -> int:
+        """K, bounded by max_length (the collator cuts answers to fit the text budget)."""
+        return max(1, min(self.answer_tokens or self.max_length, self.max_length))
 
 
 @dataclass(frozen=True)
@@ -107,6 +122,8 @@ class Estimate:
     lora_params: int
     image_tokens: int
     seq_len: int
+    answer_positions: int  # K: rows of logits the loss computes per example
+    logits: int  # the logits' part of the activations (B x K x vocab), for the record
     setup: TrainSetup
 
     @property
@@ -130,8 +147,8 @@ class Estimate:
             ("gradients", self.gradients, "LoRA only, fp32"),
             ("optimizer states", self.optimizer, s.optimizer),
             ("activations", self.activations,
-             f"B={s.batch_size} x {self.seq_len} tokens ({self.image_tokens} image), "
-             f"checkpointing {'on' if s.gradient_checkpointing else 'off'}"),
+             f"B={s.batch_size} x {self.seq_len} tokens ({self.image_tokens} image), logits for the "
+             f"last {self.answer_positions}, checkpointing {'on' if s.gradient_checkpointing else 'off'}"),
             ("CUDA context + allocator", self.overhead, f"{CUDA_CONTEXT // MiB} MiB + {FRAGMENTATION:.0%}"),
         ]
         return [r for r in rows if r[1] or r[0].startswith("base")]
@@ -140,7 +157,8 @@ class Estimate:
         return {"setup": dataclasses.asdict(self.setup),
                 "parts": {name: value for name, value, _ in self.rows()},
                 "total": self.total, "params": self.params, "lora_params": self.lora_params,
-                "image_tokens": self.image_tokens, "seq_len": self.seq_len}
+                "image_tokens": self.image_tokens, "seq_len": self.seq_len,
+                "answer_positions": self.answer_positions, "logits": self.logits}
 
 
 # --- config -------------------------------------------------------------------------------
@@ -358,7 +376,7 @@ def activation_bytes(config: dict, setup: TrainSetup) -> int:
     if gemma2:
         text_layer += 8 * h + c["scores"] * heads * seq
     text_lora = [lora.get(f"model.language_model.layers.{i}", 0) for i in range(text["num_hidden_layers"])]
-    logits = (c["logits"] + (c["softcap"] if text.get("final_logit_softcapping") else 0)) * text["vocab_size"]
+    logits = logits_bytes(config, setup)  # B x K rows: engine.loss asks for the last K positions only
     # The vision tower keeps activations only when LoRA sits in it (its input needs no grad).
     vh, vi = vision["hidden_size"], vision["intermediate_size"]
     vision_lora = [lora.get(f"model.vision_tower.encoder.layers.{i}", 0)
@@ -367,16 +385,26 @@ def activation_bytes(config: dict, setup: TrainSetup) -> int:
     vision_on = any(vision_lora)
 
     if not setup.gradient_checkpointing:
-        per_token = sum(text_layer + x for x in text_lora) + logits + c["extra_h"] * h
+        per_token = sum(text_layer + x for x in text_lora) + c["extra_h"] * h
         vision_part = sum(vision_layer + x for x in vision_lora) if vision_on else 0
-        return tokens * per_token + img_tokens * vision_part
+        return tokens * per_token + logits + img_tokens * vision_part
+    # With checkpointing the peak is the larger of the start of the backward pass (the logits'
+    # gradients beside the checkpointed layer inputs) and the recompute of one layer.
+    logits_phase = (logits + tokens * (len(text_lora) * c["logits_ckpt"] * h + c["logits_h"] * h)
+                    + c["mask"] * setup.batch_size * seq * seq)
     kept = tokens * (len(text_lora) * c["ckpt"] * h + c["extra_h_gc"] * h)
     kept += img_tokens * len(vision_lora) * c["ckpt"] * vh if vision_on else 0
-    logits_phase = tokens * logits
-    layer_phase = tokens * (c["held"] * text["vocab_size"] + text_layer + c["bwd_I"] * inter
-                            + max(text_lora, default=0))
+    layer_phase = tokens * (text_layer + c["bwd_I"] * inter + max(text_lora, default=0))
     vision_phase = img_tokens * (vision_layer + max(vision_lora, default=0)) if vision_on else 0
-    return kept + max(logits_phase, layer_phase, vision_phase)
+    return max(logits_phase, kept + max(layer_phase, vision_phase))
+
+
+def logits_bytes(config: dict, setup: TrainSetup) -> int:
+    """The logits' share of the activations: B x K x vocab x bytes per entry (engine.loss)."""
+    text = _text(config)
+    c = ACT[_stream(setup)]
+    per_entry = c["logits"] + (c["softcap"] if text.get("final_logit_softcapping") else 0)
+    return setup.batch_size * setup.keep * per_entry * text["vocab_size"]
 
 
 # --- the estimate --------------------------------------------------------------------------
@@ -402,7 +430,8 @@ def estimate(config: dict, setup: TrainSetup) -> Estimate:
         activations=acts, overhead=CUDA_CONTEXT + int(FRAGMENTATION * (acts + grads)),
         params=sum(p.numel for p in params), lora_params=lora_count,
         image_tokens=image_tokens(config, setup.resolution),
-        seq_len=image_tokens(config, setup.resolution) + setup.max_length, setup=setup)
+        seq_len=image_tokens(config, setup.resolution) + setup.max_length,
+        answer_positions=setup.keep, logits=logits_bytes(config, setup), setup=setup)
 
 
 def download_bytes(config: dict) -> int:
