@@ -34,6 +34,11 @@ def memory_estimate(
     resolution: Optional[int] = typer.Option(None, "--resolution", help=(
         "Image size to assume instead of the checkpoint's (224, 448, 896): image tokens = "
         "(resolution / 14)^2.")),
+    answer_tokens: Optional[int] = typer.Option(None, "--answer-tokens", min=1, metavar="K", help=(
+        "Positions the loss takes logits for: tokens in the longest answer of a batch (its EOS "
+        "counted) + 1; at most --max-length. Default --max-length, the most the collator lets an "
+        "answer take, so the estimate never counts too few: a known bound (e.g. 17 for answers of "
+        "at most 15 tokens + EOS) only lowers it where the logits, not the layers, set the peak.")),
     measure: bool = typer.Option(False, "--measure", help=(
         "Also run a few real training steps with a synthetic batch on this device and print the "
         "measured peak beside the estimate (CUDA: max allocated; CPU: profiler allocation peak).")),
@@ -56,7 +61,7 @@ def memory_estimate(
         compute_dtype="bf16" if run.model.compute_dtype == "auto" else run.model.compute_dtype,
         lora_rank=run.lora.lora_rank, lora_targets=run.lora.target_parts(),
         gradient_checkpointing=run.model.gradient_checkpointing,
-        optimizer=run.train.optimizer, resolution=resolution)
+        optimizer=run.train.optimizer, resolution=resolution, answer_tokens=answer_tokens)
     est = memory.estimate(config, setup)
     out: dict = {"model_path": model_path, "estimate": est.to_dict()}
     plan = None
@@ -72,8 +77,8 @@ def memory_estimate(
     if measure:
         quiet_libraries()
         measured = _measure(run, setup, steps, as_json)
-        same = memory.estimate(config, dataclasses.replace(
-            setup, max_length=measured.seq_len - est.image_tokens))
+        same = memory.estimate(config, dataclasses.replace(  # the batch the steps really ran
+            setup, max_length=measured.seq_len - est.image_tokens, answer_tokens=measured.answer_positions))
         out["measured"] = {**dataclasses.asdict(measured), "estimate_allocated": same.total - same.overhead,
                            "estimate_weights": same.weights}
     if as_json:
@@ -129,7 +134,8 @@ def _measure(run, setup, steps: int, as_json: bool):
 
 
 def _print_measured(m, info: dict) -> None:
-    table = Table(title=f"Measured on {m.device} ({m.seq_len} tokens per example)", title_justify="left",
+    table = Table(title=f"Measured on {m.device} ({m.seq_len} tokens per example, logits for the last "
+                        f"{m.answer_positions})", title_justify="left",
                   header_style="bold")
     table.add_column("")
     table.add_column("Estimate", justify="right")
