@@ -178,6 +178,15 @@ def oom_fix(text: str, *, model_path: str | None = None, batch_size: int | None 
     setup = memory.TrainSetup(batch_size=batch_size or TrainConfig.batch_size)
     accum = gradient_accumulation_steps or TrainConfig.gradient_accumulation_steps
     plan = memory.fit(config, setup, capacity, effective_batch=setup.batch_size * accum)
+    if plan.fits and plan.batch_size >= setup.batch_size and setup.batch_size > 1:
+        # The estimate says this run fits, yet it ran out: something else holds memory. Halve the
+        # batch (same effective batch) rather than repeat flags that already failed.
+        half = setup.batch_size // 2
+        return (f"The estimate for {model_path} at --batch-size {setup.batch_size} "
+                f"({plan.estimate.total / GiB:.1f} GiB) fits this {capacity / GiB:.1f} GiB GPU, so something "
+                "else holds memory (another process in nvidia-smi, fragmentation, or longer sequences than "
+                f"--max-length). Try --batch-size {half} --gradient-accumulation-steps "
+                f"{accum * setup.batch_size // half} and PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True.")
     if plan.fits:
         return (f"For {model_path} on this {capacity / GiB:.1f} GiB GPU: {plan.flags()} "
                 f"(estimated peak {plan.estimate.total / GiB:.1f} GiB). Also: "

@@ -107,8 +107,8 @@ def test_gpu_details_and_bf16(monkeypatch):
 
 
 def test_gpu_too_small_for_the_defaults_says_what_fits(monkeypatch):
-    fake_gpu(monkeypatch, "NVIDIA GeForce RTX 3090", 8, 6, 24, 23.5)
-    check = doctor.check_gpus(opts(model_path="google/paligemma-3b-pt-896"))[0]
+    fake_gpu(monkeypatch, "NVIDIA GeForce RTX 3060", 8, 6, 12, 11.5)
+    check = doctor.check_gpus(opts(model_path="google/paligemma-3b-pt-896"))[0]  # ~21 GiB at batch 4
     assert check.status == WARN and "--batch-size" in check.fix and "memory-estimate" in check.fix
 
 
@@ -353,13 +353,20 @@ def test_every_known_pattern_has_a_real_text():
 
 
 def test_oom_fix_is_what_memory_estimate_says_fits():
+    found = diagnose.diagnose_error(REAL_ERRORS["cuda-oom"], model_path="google/paligemma-3b-pt-896",
+                                  batch_size=8, gradient_accumulation_steps=2)
+    assert diagnose.gpu_capacity_from_log(REAL_ERRORS["cuda-oom"]) == int(23.65 * memory.GiB)
+    plan = memory.fit(preset_config("google/paligemma-3b-pt-896"), memory.TrainSetup(batch_size=8),
+                      int(23.65 * memory.GiB), effective_batch=16)
+    assert plan.fits and plan.batch_size < 8
+    assert plan.flags() in found[0].fix and "--gradient-accumulation-steps" in found[0].fix
+
+
+def test_oom_when_the_estimate_says_it_fits_halves_the_batch():
     found = diagnose.diagnose_error(REAL_ERRORS["cuda-oom"], model_path="google/paligemma-3b-pt-448",
                                   batch_size=4, gradient_accumulation_steps=4)
-    assert diagnose.gpu_capacity_from_log(REAL_ERRORS["cuda-oom"]) == int(23.65 * memory.GiB)
-    plan = memory.fit(preset_config("google/paligemma-3b-pt-448"), memory.TrainSetup(batch_size=4),
-                      int(23.65 * memory.GiB), effective_batch=16)
-    assert plan.fits and plan.batch_size < 4
-    assert plan.flags() in found[0].fix and "--gradient-accumulation-steps" in found[0].fix
+    assert "--batch-size 2 --gradient-accumulation-steps 8" in found[0].fix
+    assert "something else holds memory" in found[0].fix
 
 
 def test_oom_without_capacity_gives_the_generic_fix():
