@@ -199,6 +199,8 @@ def validate(run: TrainRun) -> None:
                               ("--train-file", run.data.train_file)) if v is not None]
     if len(sources) > 1:
         problems.append(f"give one data source, not {' and '.join(sources)}")
+    if run.train.resume and run.train.overwrite:
+        problems.append("--resume continues the run in --output-dir and --overwrite starts it over: give one")
     if problems:
         raise PgmError("; ".join(problems) + ".", "See `pgm train --help`.")
 

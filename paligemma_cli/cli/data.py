@@ -25,9 +25,14 @@ def synth(task: str = typer.Argument(..., help="coco, docvqa, gqa or vqav2."),
     from paligemma_cli.tasks import get_task
 
     t = get_task(task)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise PgmError(f"{out_dir} is a file.", "Give a folder path.")
     if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
         raise PgmError(f"{out_dir} is not empty.", "Choose an empty folder, or pass --overwrite.")
-    files = t.write_synthetic(out_dir, num_examples, seed)
+    try:
+        files = t.write_synthetic(out_dir, num_examples, seed)
+    except OSError as exc:  # read-only folder, disk full
+        raise PgmError(f"Cannot write {out_dir}: {exc.strerror or exc}.", "Choose a folder you can write to.") from None
     console.print(f"Wrote synthetic {t.title} data to {out_dir} ({num_examples} images per split): "
                   + ", ".join(p.name for p in files), highlight=False)
     console.print(f"Train with: pgm train {t.name} --model-path tiny --data-root {out_dir}", highlight=False)

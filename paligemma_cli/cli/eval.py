@@ -65,6 +65,9 @@ def eval_command(
     if predictions is not None and adapter is not None:
         raise PgmError("--predictions and --adapter exclude each other.",
                        "Score a file (--predictions) or run a model (--model-path/--adapter), not both.")
+    if adapter is not None and not (adapter / "adapter_config.json").is_file():  # before a model loads
+        raise PgmError(f"--adapter {adapter} has no adapter_config.json.",
+                       "Point it at a pgm train output dir, a checkpoint or best/.")
     run = build_run({**values, "task": t.name, "eval_split": split})
     quiet_libraries()
     from paligemma_cli.cli.progress import RichEvents

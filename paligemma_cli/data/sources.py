@@ -37,7 +37,12 @@ def load_examples(task: Task, data: DataConfig, role: str, *, check_images: bool
         if not root.is_dir():
             raise PgmError(f"--data-root {root} is not a folder.",
                            f"Expected the official {task.name} layout: {task.layout(split)}.")
-        examples = task.load_official(root, split, data.prompt)[:limit]
+        try:
+            examples = task.load_official(root, split, data.prompt)[:limit]
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:  # a field of the wrong shape
+            detail = f"no field {exc}" if isinstance(exc, KeyError) else str(exc)
+            raise PgmError(f"The {task.name} {split} files in {root} do not have the official schema ({detail}).",
+                           f"Expected: {task.layout(split)}.") from None
     else:
         examples = load_hub(task, data.hf_dataset or task.hf_id, split, data.prompt, limit)
     if not examples:

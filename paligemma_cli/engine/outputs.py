@@ -20,12 +20,22 @@ def _marker(path: Path) -> dict | None:
         return None
 
 
-def prepare_output_dir(path: Path, *, overwrite: bool, resume: bool, kind: str = "train") -> Path:
-    """Check `path` may be written and claim it.
+# What each kind of run writes at the top of its folder; a file of one of these names that pgm did
+# not write would be replaced, so it is refused even with --overwrite.
+WRITES = {"train": {"adapter_config.json", "adapter_model.safetensors", "README.md", "run_config.json",
+                    "train_log.jsonl", "loss.png", "checkpoints", "best", "wandb"},
+          "eval": {"predictions.jsonl", "metrics.json"}}
+PROCESSOR_PREFIXES = ("tokenizer", "processor", "preprocessor", "special_tokens", "chat_template", "added_tokens")
 
-    A missing or empty folder is claimed. A folder with files pgm did not write is refused unless
-    `overwrite` (and even then those files are left alone). A previous pgm run is refused unless
-    `resume` (continue it) or `overwrite` (pgm removes only what it wrote itself).
+
+def _pgm_would_write(name: str, kind: str) -> bool:
+    return name in WRITES.get(kind, set()) or (kind == "train" and name.startswith(PROCESSOR_PREFIXES))
+
+
+def check_output_dir(path: Path, *, overwrite: bool, resume: bool, kind: str = "train") -> dict | None:
+    """Raise PgmError unless `path` may be used (see `prepare_output_dir`); change nothing.
+
+    Returns the folder's pgm marker, if any. Cheap: run it before loading data or models.
     """
     path = Path(path)
     if path.exists() and not path.is_dir():
@@ -35,16 +45,42 @@ def prepare_output_dir(path: Path, *, overwrite: bool, resume: bool, kind: str =
     if entries and marker is None and not overwrite:
         raise PgmError(f"--output-dir {path} already holds files pgm did not write.",
                        "Choose another folder, or pass --overwrite (pgm never deletes files it did not write).")
-    if marker is not None and not resume:
-        ours = [path / name for name in marker.get("written", []) if (path / name).exists()]
-        if ours and not overwrite:
-            raise PgmError(f"--output-dir {path} holds a previous pgm {marker.get('kind', 'run')}.",
-                           "Pass --resume to continue it, or --overwrite to start over.")
-        for p in ours:
-            shutil.rmtree(p) if p.is_dir() else p.unlink()
     if resume and marker is None:
         raise PgmError(f"--resume: {path} holds no pgm run to resume.",
                        "Drop --resume to start a new run, or point --output-dir at the earlier run.")
+    if not resume:
+        written = set(marker.get("written", [])) if marker else set()
+        clash = sorted(p.name for p in entries if p.name not in written and _pgm_would_write(p.name, kind))
+        if clash:
+            raise PgmError(f"--output-dir {path} holds {', '.join(clash)}, which pgm did not write and would "
+                           "overwrite.", "Move those files away or choose another folder.")
+    if marker is not None and not resume:
+        ours = [path / name for name in marker.get("written", []) if (path / name).exists()]
+        if ours and not overwrite:
+            previous = marker.get("kind", "run")
+            how = ("Pass --resume to continue it, or --overwrite to start over." if previous == kind == "train"
+                   else "Pass --overwrite to replace it, or choose another folder.")
+            raise PgmError(f"--output-dir {path} holds a previous pgm {previous}.", how)
+    nearest = next(p for p in (path, *path.absolute().parents) if p.exists())
+    if not os.access(nearest, os.W_OK):  # also false for root on an immutable folder
+        raise PgmError(f"--output-dir {path} is not writable.", "Choose a folder you can write to.")
+    return marker
+
+
+def prepare_output_dir(path: Path, *, overwrite: bool, resume: bool, kind: str = "train") -> Path:
+    """Check `path` may be written and claim it.
+
+    A missing or empty folder is claimed. A folder with files pgm did not write is refused unless
+    `overwrite` (and even then those files are left alone, and refused if pgm would write a file of
+    the same name). A previous pgm run is refused unless `resume` (continue it) or `overwrite`
+    (pgm removes only what it wrote itself).
+    """
+    path = Path(path)
+    marker = check_output_dir(path, overwrite=overwrite, resume=resume, kind=kind)
+    if marker is not None and not resume:
+        for p in (path / name for name in marker.get("written", [])):
+            if p.exists():
+                shutil.rmtree(p) if p.is_dir() else p.unlink()
     try:
         path.mkdir(parents=True, exist_ok=True)
         if not os.access(path, os.W_OK):

@@ -20,7 +20,7 @@ from paligemma_cli.config import TrainRun
 from paligemma_cli.engine.checkpoint import (LoopState, crash_point, latest_checkpoint, load_checkpoint,
                                              rng_state, save_checkpoint, set_rng_state)
 from paligemma_cli.engine.events import Events
-from paligemma_cli.engine.outputs import prepare_output_dir, record_written
+from paligemma_cli.engine.outputs import check_output_dir, prepare_output_dir, record_written
 from paligemma_cli.errors import PgmError
 
 LOG_FILE = "train_log.jsonl"
@@ -143,13 +143,11 @@ def _numerical_fault(value: float, what: str, step: int, detail: str, out: Path)
 
 def train(run: TrainRun, events: Events | None = None) -> TrainResult:
     """Run `pgm train`: load data and model, train with LoRA, checkpoint, evaluate, save the adapter."""
-    import torch
-    from accelerate import Accelerator
-
     from paligemma_cli.data.sources import load_examples
     from paligemma_cli.engine.batches import TrainCollator, TrainingSet, to_device
     from paligemma_cli.engine.loss import answer_loss
-    from paligemma_cli.engine.model import attach_lora, device_kind, load_model, load_processor, resolve_compute_dtype
+    from paligemma_cli.engine.model import (attach_lora, device_kind, load_model, load_processor,
+                                            resolve_compute_dtype, resolve_model_path)
     from paligemma_cli.engine.tracking import Tracker
     from paligemma_cli.tasks import get_task
 
@@ -157,18 +155,14 @@ def train(run: TrainRun, events: Events | None = None) -> TrainResult:
     cfg = run.train
     task = get_task(run.data.task)
     started = time.time()
-
-    mixed = "bf16" if (device_kind() == "cuda" and resolve_compute_dtype(run.model.compute_dtype) == torch.bfloat16) else "no"
-    accelerator = Accelerator(mixed_precision=mixed, cpu=device_kind() == "cpu")
-    main = accelerator.is_main_process
-    if not main:
-        events = Events()
-
     out = Path(cfg.output_dir)
-    if main:
-        prepare_output_dir(out, overwrite=cfg.overwrite, resume=cfg.resume)
-    accelerator.wait_for_everyone()
 
+    # What a user can get wrong is checked before torch, accelerate and the model load (seconds to
+    # minutes), in every process, changing nothing: output dir, checkpoint, data, model path.
+    check_output_dir(out, overwrite=cfg.overwrite, resume=cfg.resume)
+    if cfg.resume and latest_checkpoint(out) is None:
+        raise PgmError(f"--resume: no complete checkpoint in {out / 'checkpoints'}.",
+                       "Drop --resume and pass --overwrite to start over.")
     train_examples = load_examples(task, run.data, "train")
     eval_examples, eval_extra = [], {}
     if cfg.eval_steps:
@@ -177,6 +171,19 @@ def train(run: TrainRun, events: Events | None = None) -> TrainResult:
             from paligemma_cli.data.sources import split_for
 
             eval_extra = task.load_score_extra(Path(run.data.data_root), split_for(task, run.data, "eval"))
+    resolve_model_path(run.model.model_path)
+
+    import torch
+    from accelerate import Accelerator
+
+    mixed = "bf16" if (device_kind() == "cuda" and resolve_compute_dtype(run.model.compute_dtype) == torch.bfloat16) else "no"
+    accelerator = Accelerator(mixed_precision=mixed, cpu=device_kind() == "cpu")
+    main = accelerator.is_main_process
+    if not main:
+        events = Events()
+    if main:
+        prepare_output_dir(out, overwrite=cfg.overwrite, resume=cfg.resume)
+    accelerator.wait_for_everyone()
     events.message(f"{task.title}: {len(train_examples)} training examples"
                    + (f", {len(eval_examples)} for evaluation" if eval_examples else ""))
 
@@ -207,9 +214,6 @@ def train(run: TrainRun, events: Events | None = None) -> TrainResult:
     log_path = out / LOG_FILE
     if cfg.resume:
         ckpt = latest_checkpoint(out)
-        if ckpt is None:
-            raise PgmError(f"--resume: no complete checkpoint in {out / 'checkpoints'}.",
-                           "Drop --resume to start over (with --overwrite).")
         state, rng = load_checkpoint(ckpt, accelerator.unwrap_model(model), optimizer, scheduler)
         if state.total_steps != total_steps:
             events.message(f"Resumed run planned {state.total_steps} steps; now {total_steps}.", "warning")

@@ -57,12 +57,17 @@ class VQAv2(Task):
         if afile.exists() or not split.startswith("test"):
             adata = read_json(afile, "the VQAv2 annotations file")
             require_keys(adata, ["annotations"], str(afile))
+            for a in adata["annotations"]:
+                require_keys(a, ["question_id", "answers"], f"{afile} entry")
             annotations = {a["question_id"]: a for a in adata["annotations"]}
         img = _image_split(split)
         image_dir = next((d for d in _image_dirs(root, split) if d.is_dir()), _image_dirs(root, split)[0])
         examples = []
         for q in qdata["questions"]:
             require_keys(q, ["question_id", "image_id", "question"], f"{self.questions_file(root, split)} entry")
+            if not isinstance(q["image_id"], int):
+                raise PgmError(f"{self.questions_file(root, split)}: question {q['question_id']} has image_id "
+                               f"{q['image_id']!r}, not a number.", "Is this the right file for the task?")
             ann = annotations.get(q["question_id"])
             if annotations and ann is None:
                 raise PgmError(f"Question {q['question_id']} has no annotation in {afile}.",
