@@ -23,6 +23,7 @@ import torch
 
 from paligemma_cli.errors import PgmError
 from paligemma_cli.merge import checks
+from paligemma_cli.merge.fused import fusable
 from paligemma_cli.merge.methods import (MergeParams, MergeStats, Method, TensorHints, cosine_from_sums,
                                          get_method, parse_layers, slerp_cosine)
 from paligemma_cli.merge.sources import (FullModel, TensorInfo, local_folder, module_name,
@@ -152,29 +153,44 @@ class _TensorMerge:
         raw_bytes = math.prod(info.shape) * ITEM_BYTES[info.dtype]
         n_read = 1 + sum(isinstance(i, FullModel) for i in inputs)
         self.cache: dict | None = {} if len(self.rows) > 1 and raw_bytes * n_read <= CACHE_BYTES else None
+        self.unchanged: dict = {}  # (rows, input) -> the input's rows equal the base's (checked once)
+        # task-vector methods only need the base's shape; converting it is a pass they skip
+        self.base_values = method.sparsify is None and not method.takes_lambda or \
+            any(not isinstance(i, FullModel) for i in inputs)
 
-    def chunk(self, rows):
-        """(base raw, base fp32, per-input tau or None) for `rows`."""
+    def raws(self, rows) -> list[torch.Tensor | None]:
+        """The base's rows and each full model's rows as stored (None for adapters), cached
+        between passes when the tensor is small enough."""
         if self.cache is not None and rows in self.cache:
-            raws = self.cache[rows]
-        else:
-            raws = [read_rows(self.info.file, self.key, rows)]
-            raws += [read_rows(i.tensors[i.by_module[module_name(self.key)]].file,
-                               i.by_module[module_name(self.key)], rows) if isinstance(i, FullModel) else None
-                     for i in self.inputs]
-            if self.cache is not None:
-                self.cache[rows] = raws
+            return self.cache[rows]
+        name = module_name(self.key)
+        raws = [read_rows(self.info.file, self.key, rows)]
+        raws += [read_rows(i.tensors[i.by_module[name]].file, i.by_module[name], rows)
+                 if isinstance(i, FullModel) else None for i in self.inputs]
+        if self.cache is not None:
+            self.cache[rows] = raws
+        return raws
+
+    def chunk(self, rows, magnitudes: bool = False):
+        """(base raw, base fp32, per-input tau or None where it is zero) for `rows`; with
+        `magnitudes`, |tau| instead of tau. Task-vector methods get the raw base in place of
+        the fp32 one (they read only its shape)."""
+        raws = self.raws(rows)
         base_raw = raws[0]
-        base = base_raw.float()
-        deltas = []
-        for src, raw in zip(self.inputs, raws[1:]):
+        base = base_raw.float() if self.base_values else base_raw
+        values = []
+        for i, (src, raw) in enumerate(zip(self.inputs, raws[1:])):
             if raw is None:
-                deltas.append(src.delta(self.key, rows, base, base_raw))
-            elif raw.dtype == base_raw.dtype and torch.equal(raw, base_raw):
-                deltas.append(None)
+                delta = src.delta(self.key, rows, base, base_raw)
+                values.append(delta.abs_() if magnitudes and delta is not None else delta)
+                continue
+            if (rows, i) not in self.unchanged:
+                self.unchanged[rows, i] = raw.dtype == base_raw.dtype and torch.equal(raw, base_raw)
+            if self.unchanged[rows, i]:
+                values.append(None)
             else:
-                deltas.append(raw.float() - base)
-        return base_raw, base, deltas
+                values.append((_magnitude if magnitudes else _task_vector)(raw, base_raw))
+        return base_raw, base, values
 
     def hints(self) -> TensorHints:
         """Whole-tensor statistics from a first pass over the chunks (when there are several)."""
@@ -186,9 +202,8 @@ class _TensorMerge:
 
             def magnitudes():
                 for rows in self.rows:
-                    _, _, deltas = self.chunk(rows)
-                    yield (rows[1] - rows[0]) * (numel // self.info.shape[0]), \
-                        [None if d is None else d.abs_() for d in deltas]
+                    _, _, mags = self.chunk(rows, magnitudes=True)
+                    yield (rows[1] - rows[0]) * (numel // self.info.shape[0]), mags
 
             k = int(self.p.density * numel)
             hints.cutoffs = kth_largest(magnitudes, [k] * len(self.inputs), numel)
@@ -209,11 +224,27 @@ class _TensorMerge:
             if all(d is None for d in deltas) and zero_safe:
                 yield base_raw, base, None
                 continue
-            deltas = [torch.zeros_like(base) if d is None else d for d in deltas]
+            deltas = [torch.zeros(base.shape) if d is None else d for d in deltas]
             hints.row0 = rows[0] if rows else 0
             merged, chunk_stats = self.method(base, deltas, self.p, hints)
             stats.add(chunk_stats)
             yield base_raw, base, merged
+
+
+@fusable
+def _task_vector(raw: torch.Tensor, base_raw: torch.Tensor) -> torch.Tensor:
+    return raw.float() - base_raw.float()
+
+
+@fusable
+def _magnitude(raw: torch.Tensor, base_raw: torch.Tensor) -> torch.Tensor:
+    return (raw.float() - base_raw.float()).abs()
+
+
+@fusable
+def _add_to_base(base_raw: torch.Tensor, merged: torch.Tensor) -> torch.Tensor:
+    """base + merged change, computed in fp32 and stored in the base's dtype."""
+    return (base_raw.float() + merged).to(base_raw.dtype)
 
 
 def merge(req: MergeRequest, progress: Progress | None = None) -> MergeResult:
@@ -317,10 +348,10 @@ def _merge_tensors(method, params, base, inputs, writer, progress) -> dict[str, 
             for rows in _chunk_rows(info):
                 writer.write(key, read_rows(info.file, key, rows))
         else:
-            for base_raw, base32, merged in _TensorMerge(key, info, inputs, method, params).merged_chunks(
+            for base_raw, _, merged in _TensorMerge(key, info, inputs, method, params).merged_chunks(
                     stats, zero_safe):
                 changed = changed or merged is not None
-                writer.write(key, base_raw if merged is None else (base32 + merged).to(base_raw.dtype))
+                writer.write(key, base_raw if merged is None else _add_to_base(base_raw, merged))
         stats.tensors = 1
         stats.seconds = time.perf_counter() - started
         if changed:

@@ -87,7 +87,7 @@ def _factorize_all(modules, by_module, base, inputs, method, params, rank, progr
         started = time.perf_counter()
         key = by_module[module + ".weight"]
         stats = MergeStats(tensors=1)
-        pieces = [torch.zeros_like(b) if merged is None else merged for _, b, merged in
+        pieces = [torch.zeros(b.shape) if merged is None else merged for _, b, merged in
                   driver._TensorMerge(key, base[key], inputs, method, params).merged_chunks(stats, True)]
         delta = torch.cat(pieces) if len(pieces) > 1 else pieces[0]
         lora = next(src.modules[module] for src in inputs if module in src.modules)

@@ -21,7 +21,8 @@ import torch
 
 from paligemma_cli.errors import PgmError
 from paligemma_cli.merge.catalog import METHOD_INFO, MethodInfo
-from paligemma_cli.merge.sparsify import Cutoff, dare_keep, magnitude_cutoff, magnitude_keep
+from paligemma_cli.merge.fused import fusable
+from paligemma_cli.merge.sparsify import Cutoff, chunk_rule, dare_keep, magnitude_cutoff
 
 # Decoder layers of the Gemma language model, in checkpoint (language_model.model.layers.N) and
 # in transformers 5 module (model.language_model.layers.N) spelling. SigLIP layers do not match.
@@ -71,12 +72,14 @@ class TensorHints:
 
 
 def combine(deltas: Sequence[torch.Tensor], weights: Sequence[float],
-            keep: Sequence[torch.Tensor] | None = None, *, scale: float = 1.0,
-            consensus: bool = False, normalize: bool = False, lam: float = 1.0
+            keep: Sequence[torch.Tensor] | None = None, *, cuts: torch.Tensor | None = None,
+            scale: float = 1.0, consensus: bool = False, normalize: bool = False, lam: float = 1.0
             ) -> tuple[torch.Tensor, MergeStats]:
     """Generalised task arithmetic, the core of ties / dare_* / magnitude_prune / task_arithmetic.
 
-    1. sparsify: tau_i <- tau_i * keep_i * scale (scale = 1/density rescales DARE's survivors)
+    1. sparsify: tau_i <- tau_i * keep_i * scale (scale = 1/density rescales DARE's survivors);
+       keep_i is given, or comes from `cuts[i] = (value, keep_equal)`: |tau_i| > value, plus
+       |tau_i| == value when keep_equal is set
     2. weight:   e_i = w_i * tau_i
     3. consensus: elect the sign of sum_i e_i per entry (zero counts as +) and keep only the e_i
        with that sign (zeros never agree: trimmed entries take no part in the mean)
@@ -84,37 +87,60 @@ def combine(deltas: Sequence[torch.Tensor], weights: Sequence[float],
        consensus: the disjoint mean), a zero divisor counting as 1
     5. times lambda
     """
-    stats = MergeStats(entries=sum(d.numel() for d in deltas))
+    mixed, trimmed, conflicts = _combine(list(deltas), tuple(float(w) for w in weights),
+                                         None if keep is None else list(keep), cuts, float(scale),
+                                         bool(consensus), bool(normalize), float(lam))
+    stats = MergeStats(entries=sum(d.numel() for d in deltas), trimmed=int(trimmed), conflicts=int(conflicts))
+    return mixed, stats
+
+
+@fusable
+def _combine(deltas: list[torch.Tensor], weights: tuple[float, ...], keep: list[torch.Tensor] | None,
+             cuts: torch.Tensor | None, scale: float, consensus: bool, normalize: bool, lam: float):
+    """`combine` as plain tensor code (no Python branch on values), so it can run compiled."""
+    trimmed = torch.zeros((), dtype=torch.int64)
     weighted = []
     for i, (delta, w) in enumerate(zip(deltas, weights)):
-        if keep is not None:
-            before = int(delta.count_nonzero())
-            delta = torch.where(keep[i], delta, 0.0)
-            stats.trimmed += before - int(delta.count_nonzero())
-        factor = float(w) * scale
-        weighted.append(delta * factor if factor != 1.0 else delta)
+        e = delta
+        if keep is not None or cuts is not None:
+            if keep is not None:
+                kept = keep[i]
+            else:
+                mag = delta.abs()
+                kept = (mag > cuts[i, 0]) | ((mag == cuts[i, 0]) & (cuts[i, 1] > 0))
+            e = torch.where(kept, delta, 0.0)
+            trimmed = trimmed + (delta != 0).sum() - (e != 0).sum()
+        if w * scale != 1.0:
+            e = e * (w * scale)
+        weighted.append(e)
+    conflicts = torch.zeros((), dtype=torch.int64)
     if not consensus:
         mixed = weighted[0]
         for e in weighted[1:]:
             mixed = mixed + e
-        total = float(sum(weights))
+        total = sum(weights)
         if normalize and abs(total) > 1e-8:
             mixed = mixed / total
     else:
-        elected = torch.where(sum(weighted) >= 0, 1.0, -1.0)
+        total = weighted[0]
+        for e in weighted[1:]:
+            total = total + e
+        elected = torch.where(total >= 0, 1.0, -1.0)
         mixed = torch.zeros_like(elected)
         divisor = torch.zeros_like(elected)
         lowest = None
         for e, w in zip(weighted, weights):
             agreement = e * elected  # > 0: same sign as elected; < 0: a conflict; 0: not kept
             agrees = agreement > 0
-            mixed += torch.where(agrees, e, 0.0)
-            divisor += torch.where(agrees, float(w), 0.0)
+            mixed = mixed + torch.where(agrees, e, 0.0)
+            divisor = divisor + torch.where(agrees, w, 0.0)
             lowest = agreement if lowest is None else torch.minimum(lowest, agreement)
-        stats.conflicts = int((lowest < 0).count_nonzero())
+        conflicts = (lowest < 0).sum()
         if normalize:
             mixed = mixed / torch.where(divisor == 0, 1.0, divisor)
-    return (mixed * lam if lam != 1.0 else mixed), stats
+    if lam != 1.0:
+        mixed = mixed * lam
+    return mixed, trimmed, conflicts
 
 
 def task_vector_family(base: torch.Tensor, deltas: Sequence[torch.Tensor], p: MergeParams,
@@ -122,16 +148,25 @@ def task_vector_family(base: torch.Tensor, deltas: Sequence[torch.Tensor], p: Me
                        ) -> tuple[torch.Tensor, MergeStats]:
     """ties / dare_ties / dare_linear / magnitude_prune / task_arithmetic: sparsify each task
     vector (top-k by magnitude or DARE's random drop), then `combine`."""
-    keep, scale = None, 1.0
+    keep, cuts, scale = None, None, 1.0
     if sparsify == "magnitude" and p.density < 1.0:
         cutoffs = hints.cutoffs or [magnitude_cutoff(d, p.density) for d in deltas]
-        keep = [magnitude_keep(d.abs(), c) for d, c in zip(deltas, cutoffs)]
+        rules = [chunk_rule(d, c) for d, c in zip(deltas, cutoffs)]
+        if all(isinstance(r, tuple) for r in rules):  # the usual case: a threshold per model
+            cuts = torch.tensor(rules, dtype=torch.float32)
+        else:  # the cut-off's equal entries run out inside this chunk: explicit masks
+            keep = [r if isinstance(r, torch.Tensor) else _rule_mask(d, r) for d, r in zip(deltas, rules)]
     elif sparsify == "random" and p.density < 1.0:
         keep = [dare_keep(d.shape, p.density, seed=p.seed, tensor=hints.name, model=i,
                           row0=hints.row0, full_shape=hints.full_shape) for i, d in enumerate(deltas)]
         scale = 1.0 / p.density
-    return combine(deltas, p.weights, keep, scale=scale, consensus=consensus,
+    return combine(deltas, p.weights, keep, cuts=cuts, scale=scale, consensus=consensus,
                    normalize=p.normalize, lam=p.lam)
+
+
+def _rule_mask(delta: torch.Tensor, rule: tuple[float, float]) -> torch.Tensor:
+    mag = delta.abs()
+    return (mag > rule[0]) | ((mag == rule[0]) if rule[1] else torch.zeros_like(mag, dtype=torch.bool))
 
 
 def linear(base: torch.Tensor, deltas: Sequence[torch.Tensor], p: MergeParams,

@@ -19,6 +19,8 @@ from typing import Callable, Iterable, Sequence
 
 import torch
 
+from paligemma_cli.merge.fused import fusable
+
 _HI_BINS = 1 << 15  # bits 30..16 of a non-negative float32: exponent + top 7 mantissa bits
 _LO_BINS = 1 << 16  # bits 15..0
 SMALL_TENSOR = 1 << 20  # up to this many entries, the k-th largest comes from torch.kthvalue
@@ -35,6 +37,7 @@ class Cutoff:
 
     value: float
     ties: int = 0
+    equal: int = 0  # entries equal to `value` not yet masked (whole tensor at the start)
 
     @classmethod
     def keep_all(cls) -> "Cutoff":
@@ -73,7 +76,8 @@ def kth_largest(magnitudes: Callable[[], Iterable[tuple[int, Sequence[torch.Tens
         for i in todo:
             mag = torch.cat([torch.zeros(size) if c[i] is None else c[i].reshape(-1) for size, c in chunks])
             value = float(torch.kthvalue(mag, numel - ks[i] + 1).values)
-            cuts[i] = Cutoff(value=value, ties=ks[i] - int((mag > value).count_nonzero()))
+            cuts[i] = Cutoff(value=value, ties=ks[i] - int((mag > value).count_nonzero()),
+                             equal=int((mag == value).count_nonzero()))
         return cuts
     hist = torch.zeros(len(ks), _HI_BINS, dtype=torch.int64)
     for size, chunk in magnitudes():
@@ -81,7 +85,7 @@ def kth_largest(magnitudes: Callable[[], Iterable[tuple[int, Sequence[torch.Tens
             if chunk[i] is None:
                 hist[i, 0] += size
             else:
-                hist[i] += torch.bincount(chunk[i].reshape(-1).view(torch.int32) >> 16, minlength=_HI_BINS)
+                hist[i] += torch.bincount(_hi_bins(chunk[i].reshape(-1)), minlength=_HI_BINS)
     picks = {i: _pick_bin(hist[i], ks[i]) for i in todo}
     hist_lo = torch.zeros(len(ks), _LO_BINS, dtype=torch.int64)
     for size, chunk in magnitudes():
@@ -91,15 +95,28 @@ def kth_largest(magnitudes: Callable[[], Iterable[tuple[int, Sequence[torch.Tens
                 if hi_bin == 0:
                     hist_lo[i, 0] += size
                 continue
-            bits = chunk[i].reshape(-1).view(torch.int32)
-            inside = bits[(bits >> 16) == hi_bin] & 0xFFFF
-            hist_lo[i] += torch.bincount(inside, minlength=_LO_BINS)
+            lo = _lo_bins(chunk[i].reshape(-1), torch.tensor(hi_bin, dtype=torch.int32))
+            hist_lo[i] += torch.bincount(lo, minlength=_LO_BINS + 1)[:_LO_BINS]
     for i in todo:
         hi_bin, above_bin = picks[i]
         lo_bin, above_lo = _pick_bin(hist_lo[i], ks[i] - above_bin)
         bits = torch.tensor([(hi_bin << 16) | lo_bin], dtype=torch.int32)
-        cuts[i] = Cutoff(value=float(bits.view(torch.float32).item()), ties=ks[i] - above_bin - above_lo)
+        cuts[i] = Cutoff(value=float(bits.view(torch.float32).item()), ties=ks[i] - above_bin - above_lo,
+                         equal=int(hist_lo[i, lo_bin]))
     return cuts
+
+
+@fusable
+def _hi_bins(mag: torch.Tensor) -> torch.Tensor:
+    """Bits 30..16 of non-negative float32 magnitudes: exponent and the top mantissa bits."""
+    return mag.view(torch.int32) >> 16
+
+
+@fusable
+def _lo_bins(mag: torch.Tensor, hi_bin: torch.Tensor) -> torch.Tensor:
+    """Bits 15..0 of the magnitudes in bin `hi_bin`; the others go to an overflow bin."""
+    bits = mag.view(torch.int32)
+    return torch.where((bits >> 16) == hi_bin, bits & 0xFFFF, _LO_BINS)
 
 
 def magnitude_keep(mag: torch.Tensor, cut: Cutoff) -> torch.Tensor:
@@ -109,6 +126,7 @@ def magnitude_keep(mag: torch.Tensor, cut: Cutoff) -> torch.Tensor:
         return keep
     equal = mag == cut.value
     n_equal = int(equal.count_nonzero())
+    cut.equal -= n_equal
     if n_equal <= cut.ties:
         cut.ties -= n_equal
         return keep | equal
@@ -117,6 +135,27 @@ def magnitude_keep(mag: torch.Tensor, cut: Cutoff) -> torch.Tensor:
     keep |= equal & (rank <= cut.ties)
     cut.ties = 0
     return keep
+
+
+def chunk_rule(delta: torch.Tensor, cut: Cutoff) -> tuple[float, float] | torch.Tensor:
+    """How `cut` applies to this chunk of a task vector (consuming its equal-entry quota):
+    (value, 1.0) keep > value and == value; (value, 0.0) keep > value only; or, in the one chunk
+    where the quota of equal entries runs out, an explicit boolean mask."""
+    if cut.ties <= 0:
+        return (cut.value, 0.0)
+    if cut.ties >= cut.equal:  # every remaining equal entry is kept: no need to count them
+        return (cut.value, 1.0)
+    n_equal = int(_count_equal(delta, torch.tensor(cut.value)))
+    if n_equal <= cut.ties:
+        cut.ties -= n_equal
+        cut.equal -= n_equal
+        return (cut.value, 1.0)
+    return magnitude_keep(delta.abs(), cut)
+
+
+@fusable
+def _count_equal(delta: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+    return (delta.abs() == value).sum()
 
 
 def magnitude_cutoff(delta: torch.Tensor, density: float) -> Cutoff:

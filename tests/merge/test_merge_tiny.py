@@ -141,3 +141,24 @@ def test_layerswap_takes_layers_whole(merge_inputs, tmp_path):
     assert torch.equal(merged[TARGET], one[TARGET])
     embed = "language_model.model.embed_tokens.weight"
     assert torch.allclose(merged[embed], (one[embed] + two[embed]) / 2, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_compiled_kernels_give_the_eager_result(merge_inputs, tmp_path, monkeypatch):
+    from paligemma_cli.merge import fused
+
+    p = merge_inputs
+    monkeypatch.setattr(fused, "MIN_ENTRIES", 4096)  # compile even the tiny model's tensors
+    was = fused.enabled()
+    fused.set_enabled(False)
+    eager = run_merge(p["base"], [p["noisy_1"], p["noisy_2"]], tmp_path / "eager", density=0.3)
+    fused.set_enabled(True)  # PGM_MERGE_COMPILE=0 in the environment is restored below
+    try:
+        compiled = run_merge(p["base"], [p["noisy_1"], p["noisy_2"]], tmp_path / "compiled", density=0.3)
+        if not fused.enabled():
+            pytest.skip("torch.compile is not usable here (the merge fell back to eager)")
+    finally:
+        fused.set_enabled(was)
+    assert {k: (v.trimmed, v.conflicts) for k, v in eager.parts.items()} == \
+        {k: (v.trimmed, v.conflicts) for k, v in compiled.parts.items()}
+    assert_same(weights(tmp_path / "eager"), weights(tmp_path / "compiled"), atol=1e-6)

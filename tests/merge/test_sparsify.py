@@ -21,12 +21,12 @@ def reference_keep(mag: torch.Tensor, k: int) -> torch.Tensor:
 def test_streamed_selection_matches_a_stable_sort(monkeypatch, small):
     monkeypatch.setattr(sparsify, "SMALL_TENSOR", 1 << 20 if small else 0)
     gen = torch.Generator().manual_seed(0)
-    for _ in range(60):
+    for _ in range(25):
         n = int(torch.randint(1, 500, (1,), generator=gen))
         # few distinct values (as bf16 differences have): many ties at the cut
         mag = (torch.randint(0, 9, (n,), generator=gen).float() * 0.125).abs()
         k = int(torch.randint(0, n + 1, (1,), generator=gen))
-        chunks = list(mag.split(37))
+        chunks = list(mag.split(97))
         cut = kth_largest(lambda: [(c.numel(), [c]) for c in chunks], [k], n)[0]
         got = torch.cat([magnitude_keep(c, cut) for c in chunks])
         assert torch.equal(got, reference_keep(mag, k))
