@@ -101,7 +101,8 @@ def _result_records(text: str, source: str) -> list[tuple[str, Any]]:
         whole = json.loads(text)
     except json.JSONDecodeError as exc:
         if text.lstrip().startswith("["):
-            raise PgmError(f"{source} line {exc.lineno}: invalid JSON ({exc.msg}).",
+            # Result files for the servers are often one long line: the column finds the spot.
+            raise PgmError(f"{source} line {exc.lineno} column {exc.colno}: invalid JSON ({exc.msg}).",
                            "Fix the file; it must be a JSON list or one JSON object per line.") from None
         whole = None  # JSON lines: parsed line by line below
     if isinstance(whole, list):
@@ -130,10 +131,11 @@ def check_prediction_ids(predictions: dict[Hashable, str], examples: Sequence[Ex
     known = {ex.id for ex in examples} | set(extra.get("questions") or ())
     unknown = [k for k in predictions if k not in known]
     if unknown and len(unknown) == len(predictions):
-        raise PgmError(f"None of the {len(predictions)} ids in {source} is in this split "
-                       f"(first: {unknown[0]!r}).", "Check --task and --split.")
+        raise PgmError(f"None of the {len(predictions)} ids in {source} is among the {len(examples)} "
+                       f"examples evaluated (first: {unknown[0]!r}).",
+                       "Check --task and --split (and --max-eval-samples, which keeps the first N only).")
     if unknown:
-        return [f"{len(unknown)} of {len(predictions)} predictions have ids not in this split "
+        return [f"{len(unknown)} of {len(predictions)} predictions have ids not among the examples evaluated "
                 f"(first: {unknown[0]!r}); they are ignored."]
     return []
 

@@ -175,7 +175,7 @@ def test_missing_ids_are_counted_scored_wrong_and_exit_zero(gqa):
 def test_some_unknown_ids_are_reported_and_ignored(gqa):
     result = score_file(gqa, gqa.perfect + [{"questionId": "nosuch", "prediction": "red"}])
     assert result.exit_code == 0, result.output
-    assert f"1 of {len(gqa.perfect) + 1} predictions have ids not in this split" in flat(result)
+    assert f"1 of {len(gqa.perfect) + 1} predictions have ids not among the examples evaluated" in flat(result)
     assert read_outputs(gqa.out)[0]["metrics"]["accuracy"] == 100.0
 
 

@@ -152,6 +152,7 @@ def test_json_list_and_json_lines_read_the_same(tmp_path):
 @pytest.mark.parametrize("text, needles", [
     ('{"questionId": "a", "prediction": "x"}\n{"questionId": "b", "prediction": \n', ["line 2", "invalid JSON"]),
     ('[\n {"questionId": "a", "prediction": "x"},\n {"questionId": "b"\n]', ["line 4", "invalid JSON"]),
+    ('[{"questionId": "a", "prediction": "x"}, {"questionId": "b" "prediction": "y"}]', ["line 1 column 61"]),
     ('{"question_id": 1, "answer": "x"}\n', ["line 1", '"questionId"', '"prediction"', "vqav2 format"]),
     ('[{"questionId": "a", "prediction": "x"}, {"questionId": "b", "answer": "y"}]',
      ["item 2", '"prediction"', "docvqa format"]),
