@@ -23,7 +23,8 @@ import os
 import shutil
 import subprocess
 import sys
-from dataclasses import dataclass, field
+from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -436,13 +437,13 @@ def _(i):
 @case("merge: unknown --mode")
 def _(i):
     return Case(["merge", "--base-model", "tiny", *adapters(i), "-o", i.tmp / "m", "--mode", "fancy"],
-                ["--mode 'fancy'", "ties"])
+                ["--mode 'fancy' is not a merge method", "Supported: linear"])
 
 
 @case("merge: --density out of range")
 def _(i):
     return Case(["merge", "--base-model", "tiny", *adapters(i), "-o", i.tmp / "m", "--density", "1.5"],
-                ["--density must be in (0, 1]"])
+                ["--density must be in (0, 1] (got 1.5)", "pgm merge --help"])
 
 
 @case("doctor: --error file missing")
@@ -463,7 +464,7 @@ def _(i):
 
 @case("memory-estimate: --batch-size zero")
 def _(i):
-    return Case(["memory-estimate", "--model-path", "tiny", "--batch-size", "0"], ["--batch-size must be >= 1 (got 0)"])
+    return Case(["memory-estimate", "--model-path", "tiny", "--batch-size", "0"], ["--batch-size must be >= 1 (got 0)", "--help"])
 
 
 # ----- the check --------------------------------------------------------------------------------
@@ -493,10 +494,14 @@ def run_pgm(args: list, cwd: Path) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=300)
 
 
-def test_the_catalogue_is_large_enough():
+def test_the_catalogue_is_large_enough_and_documented():
     assert len(CASES) >= 25
-    assert {name.split(":")[0] for name in CASES} == {"train", "eval", "data synth", "merge", "doctor",
-                                                       "memory-estimate"}
+    per_command = Counter(name.split(":")[0] for name in CASES)
+    assert set(per_command) == {"train", "eval", "data synth", "merge", "doctor", "memory-estimate"}
+    doc = (Path(__file__).parents[2] / "docs" / "troubleshooting.md").read_text()
+    assert f"**{len(CASES)} distinct bad inputs**" in doc
+    for command, count in per_command.items():
+        assert f"| `pgm {command}` | {count} |" in doc, command
 
 
 @pytest.mark.parametrize("name", list(CASES))
