@@ -8,6 +8,7 @@ run continues bit-for-bit.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import random
@@ -71,6 +72,32 @@ def crash_point(hook: str, step: int) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
+def write_errors() -> tuple[type[BaseException], ...]:
+    """What a full disk (or a folder gone read-only) raises while saving: OSError from Python's
+    writes, SafetensorError from safetensors."""
+    from safetensors import SafetensorError
+
+    return (OSError, SafetensorError)
+
+
+def write_error_reason(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    text = str(exc)
+    code = re.search(r"os error (\d+)", text)  # safetensors: "I/O error: ... (os error 28)"
+    return os.strerror(int(code.group(1))) if code else (text.splitlines() or [type(exc).__name__])[0]
+
+
+def _torch_save(obj: Any, path: Path) -> None:
+    """torch.save through memory: torch's zip writer reports a full disk as a bare RuntimeError
+    ("unexpected pos ..."), a plain file write as OSError(ENOSPC)."""
+    import torch
+
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    path.write_bytes(buffer.getbuffer())
+
+
 def _fsync_tree(path: Path) -> None:
     for p in path.rglob("*"):
         if p.is_file():
@@ -81,31 +108,29 @@ def _fsync_tree(path: Path) -> None:
 def save_checkpoint(output_dir: Path, model, optimizer, scheduler, state: LoopState,
                     *, keep: int, rng: dict[str, Any] | None = None) -> Path:
     """Write checkpoint `step-<global_step>` atomically, then keep only the newest `keep`."""
-    import torch
-
     root = Path(output_dir) / CHECKPOINTS
-    root.mkdir(parents=True, exist_ok=True)
-    for stale in root.glob(".tmp-*"):  # left by a crash mid-write
-        shutil.rmtree(stale, ignore_errors=True)
     final = root / f"step-{state.global_step:08d}"
     tmp = root / f".tmp-step-{state.global_step:08d}"
     try:
+        root.mkdir(parents=True, exist_ok=True)
+        for stale in root.glob(".tmp-*"):  # left by a crash mid-write
+            shutil.rmtree(stale, ignore_errors=True)
         tmp.mkdir()
         model.save_pretrained(tmp)
         crash_point("PGM_TEST_CRASH_DURING_SAVE", state.global_step)
-        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-        torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
-        torch.save(rng if rng is not None else rng_state(), tmp / "rng.pt")
+        _torch_save(optimizer.state_dict(), tmp / "optimizer.pt")
+        _torch_save(scheduler.state_dict(), tmp / "scheduler.pt")
+        _torch_save(rng if rng is not None else rng_state(), tmp / "rng.pt")
         (tmp / STATE_FILE).write_text(json.dumps(asdict(state), indent=1))
         _fsync_tree(tmp)
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
-    except OSError as exc:
+    except write_errors() as exc:
         shutil.rmtree(tmp, ignore_errors=True)
         previous = latest_checkpoint(output_dir)
         kept = f" The previous checkpoint {previous} is intact." if previous else ""
-        raise PgmError(f"Saving checkpoint step {state.global_step} failed: {exc.strerror or exc}.{kept}",
+        raise PgmError(f"Saving checkpoint step {state.global_step} failed: {write_error_reason(exc)}.{kept}",
                        "Free disk space (or choose another --output-dir), then rerun with --resume.") from None
     prune_checkpoints(output_dir, keep)
     return final

@@ -18,7 +18,8 @@ from typing import Any
 
 from paligemma_cli.config import TrainRun
 from paligemma_cli.engine.checkpoint import (LoopState, crash_point, latest_checkpoint, load_checkpoint,
-                                             rng_state, save_checkpoint, set_rng_state)
+                                             rng_state, save_checkpoint, set_rng_state, write_error_reason,
+                                             write_errors)
 from paligemma_cli.engine.events import Events
 from paligemma_cli.engine.outputs import check_output_dir, prepare_output_dir, record_written
 from paligemma_cli.errors import PgmError
@@ -132,6 +133,14 @@ def _truncate_log(path: Path, step: int) -> None:
     tmp.replace(path)
 
 
+def _write_fault(out: Path, exc: BaseException, what: str) -> PgmError:
+    """Disk full (or the folder gone read-only) outside a checkpoint save: one line, and how to go on."""
+    prev = latest_checkpoint(out)
+    return PgmError(f"Writing {what} to {out} failed: {write_error_reason(exc)}.",
+                    "Free disk space (or choose another --output-dir), then rerun"
+                    + (f" with --resume; it continues from {prev.name}." if prev else "."))
+
+
 def _numerical_fault(value: float, what: str, step: int, detail: str, out: Path) -> PgmError:
     prev = latest_checkpoint(out)
     return PgmError(
@@ -224,11 +233,11 @@ def train(run: TrainRun, events: Events | None = None) -> TrainResult:
 
     tracker = Tracker(cfg.use_wandb and main, cfg.wandb_project, run.to_dict(), out, state.wandb_run_id)
     state.wandb_run_id = tracker.run_id
-    if main:
+    if main:  # recorded before written: what a crash cuts short is still pgm's to remove
+        record_written(out, [RUN_CONFIG, LOG_FILE, "checkpoints"] + (["wandb"] if cfg.use_wandb else []))
         _write_json(out / RUN_CONFIG, {"pgm_run": run.to_dict(), "task": task.name,
                                        "trainable_params": trainable, "total_params": total_params,
                                        "processes": accelerator.num_processes, "total_steps": total_steps})
-        record_written(out, [RUN_CONFIG, LOG_FILE, "checkpoints"] + (["wandb"] if cfg.use_wandb else []))
 
     events.train_start(total_steps, state.global_step, {
         "task": task.name, "examples": len(train_examples), "trainable_params": trainable,
@@ -261,9 +270,12 @@ def train(run: TrainRun, events: Events | None = None) -> TrainResult:
             tracker.log({f"eval/{k}": v for k, v in entry.items() if k != "step"}, state.global_step)
             if value is not None and (state.best_metric is None or value > state.best_metric):
                 state.best_metric, state.best_step = value, state.global_step
-                accelerator.unwrap_model(model).save_pretrained(out / "best")
-                processor.save_pretrained(out / "best")
-                record_written(out, ["best"])
+                try:
+                    record_written(out, ["best"])
+                    accelerator.unwrap_model(model).save_pretrained(out / "best")
+                    processor.save_pretrained(out / "best")
+                except write_errors() as exc:
+                    raise _write_fault(out, exc, "best/") from None
         accelerator.wait_for_everyone()
 
     model.train()
@@ -325,8 +337,11 @@ def train(run: TrainRun, events: Events | None = None) -> TrainResult:
                               "lr": scheduler.get_last_lr()[0], "samples_per_s": window_samples / elapsed}
                     state.log_history.append(record)
                     if main:
-                        with open(log_path, "a") as fh:
-                            fh.write(json.dumps(record) + "\n")
+                        try:
+                            with open(log_path, "a") as fh:
+                                fh.write(json.dumps(record) + "\n")
+                        except OSError as exc:
+                            raise _write_fault(out, exc, LOG_FILE) from None
                     tracker.log({"train/loss": step_loss, "train/lr": record["lr"]}, state.global_step)
                     events.train_step(state.global_step, record)
                     window_loss, window_n, window_samples, window_t = 0.0, 0, 0, time.time()
@@ -359,17 +374,18 @@ def train(run: TrainRun, events: Events | None = None) -> TrainResult:
         run_eval()
         result.eval_history = [h["eval"] for h in state.log_history if "eval" in h]
     if main:
-        final = accelerator.unwrap_model(model)
-        final.save_pretrained(out)
-        processor.save_pretrained(out)
         from paligemma_cli.engine.plot import plot_loss_curve
 
-        written = ["adapter_config.json", "adapter_model.safetensors", "README.md"]
-        written += [p.name for p in out.iterdir() if p.name.endswith((".json", ".model")) and "config" in p.name
-                    or p.name.startswith(("tokenizer", "processor", "special_tokens", "preprocessor"))]
-        if plot_loss_curve(log_path, out / "loss.png"):
-            written.append("loss.png")
-        record_written(out, written)
+        try:
+            record_written(out, ["adapter_config.json", "adapter_model.safetensors", "README.md", "loss.png"])
+            accelerator.unwrap_model(model).save_pretrained(out)
+            processor.save_pretrained(out)
+            record_written(out, [p.name for p in out.iterdir()
+                                 if p.name.endswith((".json", ".model")) and "config" in p.name
+                                 or p.name.startswith(("tokenizer", "processor", "special_tokens", "preprocessor"))])
+            plot_loss_curve(log_path, out / "loss.png")
+        except write_errors() as exc:
+            raise _write_fault(out, exc, "the final adapter") from None
         if state.best_step is not None:
             result.best = {"step": state.best_step, task.headline: state.best_metric}
     tracker.finish()

@@ -16,6 +16,8 @@ from __future__ import annotations
 import errno
 import json
 import os
+import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -161,6 +163,54 @@ def test_nan_loss_stops_naming_the_step_and_keeps_the_last_checkpoint(data_root,
     weights = adapter(latest_checkpoint(out))
     assert all(torch.isfinite(t).all() for t in weights.values())
     assert not (out / "adapter_model.safetensors").exists()
+
+
+def _can_mount_tmpfs() -> bool:
+    if os.geteuid() != 0 or not shutil.which("unshare"):
+        return False
+    probe = subprocess.run(["unshare", "-m", "sh", "-c", "mount -t tmpfs -o size=64k tmpfs /mnt"],
+                           capture_output=True)
+    return probe.returncode == 0
+
+
+def test_disk_full_mid_run_keeps_the_last_checkpoint_and_resumes(data_root, tmp_path, tiny_model_dir):
+    """A real full disk: the output dir is a 600 kB tmpfs (in a private mount namespace, so nothing
+    outside this test sees it) that holds one checkpoint but not two; then it grows and --resume
+    finishes the run."""
+    if not _can_mount_tmpfs():
+        pytest.skip("needs root and unshare/mount for a small tmpfs")
+    out, report = tmp_path / "out", tmp_path / "report"
+    out.mkdir()
+    report.mkdir()
+    pgm = [sys.executable, "-m", "paligemma_cli", "train", "vqav2", "--data-root", str(data_root),
+           "--output-dir", str(out), "--model-path", "tiny", "--max-steps", "4", "--batch-size", "2",
+           "--gradient-accumulation-steps", "1", "--save-steps", "1"]
+    script = f"""
+mount -t tmpfs -o size=600k tmpfs {out} || exit 77
+{shlex.join(pgm)} > {report}/full.txt 2>&1; echo $? > {report}/rc_full
+ls -A {out}/checkpoints > {report}/checkpoints_full
+cp -r {out}/checkpoints/step-00000001 {report}/kept
+mount -o remount,size=16m {out}
+{shlex.join(pgm + ["--resume"])} > {report}/resumed.txt 2>&1; echo $? > {report}/rc_resumed
+ls -A {out} {out}/checkpoints > {report}/final
+"""
+    proc = subprocess.run(["unshare", "-m", "sh", "-c", script], env=pgm_env(), capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    full = (report / "full.txt").read_text()
+    assert (report / "rc_full").read_text().strip() == "1", full
+    assert "Traceback" not in full and full.count("Error:") == 1, full
+    assert "Saving checkpoint step 2 failed: No space left on device." in full
+    assert f"The previous checkpoint {out}/checkpoints/step-00000001 is intact." in full
+    assert (report / "checkpoints_full").read_text().split() == ["step-00000001"]  # no temp folder left
+    assert (report / "kept" / "trainer_state.json").exists()
+    assert json.loads((report / "kept" / "trainer_state.json").read_text())["global_step"] == 1
+
+    resumed = (report / "resumed.txt").read_text()
+    assert (report / "rc_resumed").read_text().strip() == "0", resumed
+    assert "Resuming from step-00000001" in resumed
+    final = (report / "final").read_text().split()
+    assert "adapter_model.safetensors" in final and "step-00000004" in final
 
 
 class _Adapter:
