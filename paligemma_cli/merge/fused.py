@@ -28,32 +28,56 @@ def set_enabled(value: bool) -> None:
     _state["enabled"] = value
 
 
-def _numel(args) -> int:
+def _first_tensor(args):
     for arg in args:
         if hasattr(arg, "numel"):
-            return arg.numel()
+            return arg
         if isinstance(arg, (list, tuple)) and arg and hasattr(arg[0], "numel"):
-            return arg[0].numel()
-    return 0
+            return arg[0]
+    return None
+
+
+def _flat(value, numel: int):
+    """1-D views of the chunk-sized tensors, so one compiled kernel serves every shape."""
+    if isinstance(value, (list, tuple)):
+        return type(value)(_flat(v, numel) for v in value)
+    if hasattr(value, "numel") and value.dim() > 1 and value.numel() == numel:
+        return value.reshape(-1)
+    return value
+
+
+def _unflat(value, numel: int, shape):
+    if isinstance(value, (list, tuple)):
+        return type(value)(_unflat(v, numel, shape) for v in value)
+    if hasattr(value, "numel") and value.dim() == 1 and value.numel() == numel:
+        return value.view(shape)
+    return value
 
 
 def fusable(fn: Callable) -> Callable:
-    """Run `fn` compiled (dynamic shapes) when its first tensor argument is large enough."""
+    """Run elementwise `fn` compiled (dynamic shapes) when its first tensor argument is large.
+
+    Chunk-sized tensor arguments are passed flattened and results shaped back, so a kernel is
+    compiled once per function rather than once per tensor rank or shape coincidence.
+    """
     compiled = None
 
     @functools.wraps(fn)
     def run(*args, **kwargs):
         nonlocal compiled
-        if not _state["enabled"] or _numel(args) < MIN_ENTRIES:
+        first = _first_tensor(args)
+        if not _state["enabled"] or first is None or first.numel() < MIN_ENTRIES:
             return fn(*args, **kwargs)
         if compiled is None:
             import torch
 
             compiled = torch.compile(fn, dynamic=True)
+        numel, shape = first.numel(), first.shape
         try:
-            return compiled(*args, **kwargs)
+            out = compiled(*_flat(args, numel), **kwargs)
         except Exception:  # no compiler / unsupported platform: eager gives the same answer
             _state["enabled"] = False
             return fn(*args, **kwargs)
+        return _unflat(out, numel, shape)
 
     return run

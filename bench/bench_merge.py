@@ -1,0 +1,307 @@
+"""Benchmark `pgm merge` (TIES) on synthetic checkpoints with PaliGemma-3B's tensor shapes.
+
+Writes a base and two "full fine-tunes" (base + noise on every tensor, bf16, sharded safetensors
+as save_pretrained writes them) into a temp dir, then runs, each in its own subprocess so peaks
+do not mix (peak RSS from os.wait4's rusage, i.e. the kernel's high-water mark of that child):
+
+  read       read every tensor of the three inputs once (same safetensors reads as the merge)
+  streaming  paligemma_cli.merge.driver.merge: TIES, density 0.3
+  naive      load every state dict whole, merge with the same TIES function per tensor, save
+
+The page cache of the inputs is dropped (posix_fadvise DONTNEED) before each variant, so each
+starts from disk. The naive variant needs ~3.2x the model size in RAM; where the machine does not
+have that free, it runs on a scaled-down model (fewer layers) alongside a streaming run of the
+same scaled model, and the table says so. The temp dir is deleted at the end.
+
+    .venv/bin/python bench/bench_merge.py [--layers-fraction 1.0] [--workdir /tmp]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+# google/paligemma-3b-pt-224: SigLIP-So400m/14 (27 layers) + projector + Gemma-2B (18 layers)
+VOCAB, HIDDEN, INTER, HEAD_DIM, KV_HEADS = 257216, 2048, 16384, 256, 1
+V_HIDDEN, V_INTER, PATCH, IMAGE = 1152, 4304, 14, 224
+
+
+def paligemma_3b_shapes(text_layers: int = 18, vision_layers: int = 27) -> list[tuple[str, tuple[int, ...]]]:
+    """(checkpoint name, shape) of every tensor save_pretrained writes for PaliGemma-3B."""
+    shapes = [("language_model.model.embed_tokens.weight", (VOCAB, HIDDEN)),
+              ("language_model.model.norm.weight", (HIDDEN,)),
+              ("multi_modal_projector.linear.weight", (HIDDEN, V_HIDDEN)),
+              ("multi_modal_projector.linear.bias", (HIDDEN,)),
+              ("vision_tower.vision_model.embeddings.patch_embedding.weight", (V_HIDDEN, 3, PATCH, PATCH)),
+              ("vision_tower.vision_model.embeddings.patch_embedding.bias", (V_HIDDEN,)),
+              ("vision_tower.vision_model.embeddings.position_embedding.weight", ((IMAGE // PATCH) ** 2, V_HIDDEN)),
+              ("vision_tower.vision_model.post_layernorm.weight", (V_HIDDEN,)),
+              ("vision_tower.vision_model.post_layernorm.bias", (V_HIDDEN,))]
+    for i in range(text_layers):
+        p = f"language_model.model.layers.{i}."
+        shapes += [(p + "input_layernorm.weight", (HIDDEN,)), (p + "post_attention_layernorm.weight", (HIDDEN,)),
+                   (p + "self_attn.q_proj.weight", (HIDDEN, HIDDEN)),
+                   (p + "self_attn.k_proj.weight", (KV_HEADS * HEAD_DIM, HIDDEN)),
+                   (p + "self_attn.v_proj.weight", (KV_HEADS * HEAD_DIM, HIDDEN)),
+                   (p + "self_attn.o_proj.weight", (HIDDEN, HIDDEN)),
+                   (p + "mlp.gate_proj.weight", (INTER, HIDDEN)), (p + "mlp.up_proj.weight", (INTER, HIDDEN)),
+                   (p + "mlp.down_proj.weight", (HIDDEN, INTER))]
+    for i in range(vision_layers):
+        p = f"vision_tower.vision_model.encoder.layers.{i}."
+        for norm in ("layer_norm1", "layer_norm2"):
+            shapes += [(p + norm + ".weight", (V_HIDDEN,)), (p + norm + ".bias", (V_HIDDEN,))]
+        for proj in ("q_proj", "k_proj", "v_proj", "out_proj"):
+            shapes += [(p + f"self_attn.{proj}.weight", (V_HIDDEN, V_HIDDEN)), (p + f"self_attn.{proj}.bias", (V_HIDDEN,))]
+        shapes += [(p + "mlp.fc1.weight", (V_INTER, V_HIDDEN)), (p + "mlp.fc1.bias", (V_INTER,)),
+                   (p + "mlp.fc2.weight", (V_HIDDEN, V_INTER)), (p + "mlp.fc2.bias", (V_HIDDEN,))]
+    return sorted(shapes)
+
+
+def config_json(text_layers: int, vision_layers: int) -> dict:
+    return {"architectures": ["PaliGemmaForConditionalGeneration"], "model_type": "paligemma",
+            "dtype": "bfloat16", "image_token_index": 257152, "projection_dim": HIDDEN, "hidden_size": HIDDEN,
+            "text_config": {"model_type": "gemma", "hidden_size": HIDDEN, "intermediate_size": INTER,
+                            "num_hidden_layers": text_layers, "num_attention_heads": 8,
+                            "num_key_value_heads": KV_HEADS, "head_dim": HEAD_DIM, "vocab_size": VOCAB},
+            "vision_config": {"model_type": "siglip_vision_model", "hidden_size": V_HIDDEN,
+                              "intermediate_size": V_INTER, "num_hidden_layers": vision_layers,
+                              "num_attention_heads": 16, "patch_size": PATCH, "image_size": IMAGE}}
+
+
+def generate(root: Path, shapes, config: dict) -> dict[str, Path]:
+    """base, model_a, model_b: bf16 base ~ N(0, 0.02), models = base + N(0, 0.002) everywhere."""
+    import torch
+
+    from paligemma_cli.merge.writer import ShardedWriter
+
+    folders = {n: root / n for n in ("base", "model_a", "model_b")}
+    writers = {}
+    for name, folder in folders.items():
+        folder.mkdir(parents=True)
+        (folder / "config.json").write_text(json.dumps(config, indent=2))
+        writers[name] = ShardedWriter(folder, [(k, s, "BF16") for k, s in shapes])
+    gen = torch.Generator().manual_seed(0)
+    for key, shape in shapes:
+        rows = shape[0]
+        step = max(1, (1 << 24) // max(1, math.prod(shape[1:])))
+        for r in range(0, rows, step):
+            piece = (min(step, rows - r), *shape[1:])
+            base = torch.randn(piece, generator=gen).mul_(0.02)
+            writers["base"].write(key, base.bfloat16())
+            for name in ("model_a", "model_b"):
+                writers[name].write(key, (base + torch.randn(piece, generator=gen).mul_(0.002)).bfloat16())
+    for w in writers.values():
+        w.close()
+    return folders
+
+
+def drop_cache(*folders: Path) -> None:
+    """Evict these files from the page cache so the next variant reads them from disk."""
+    for folder in folders:
+        if folder.exists():
+            for f in folder.glob("*.safetensors"):
+                fd = os.open(f, os.O_RDONLY)
+                os.fsync(fd)  # dirty pages cannot be dropped: write them back first
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+                os.close(fd)
+
+
+CHILD = {
+    "read": """
+from paligemma_cli.merge.sources import safetensors_header, read_rows
+from paligemma_cli.merge.driver import _chunk_rows
+total = 0
+for folder in FOLDERS:
+    for key, info in safetensors_header(Path(folder), "bench").items():
+        for rows in _chunk_rows(info):
+            total += read_rows(info.file, key, rows).numel()
+RESULT["entries"] = total
+""",
+    "streaming": """
+from paligemma_cli.merge.driver import MergeRequest, merge
+r = merge(MergeRequest(base_model=FOLDERS[0], models=tuple(FOLDERS[1:]), output=Path(OUT), mode="ties", density=0.3))
+RESULT["trimmed"] = sum(s.trimmed for s in r.parts.values())
+RESULT["conflicts"] = sum(s.conflicts for s in r.parts.values())
+""",
+    "naive": """
+# Load every state dict whole, then run the same merge (same math, same output bytes) from memory
+# and build the merged state dict in memory before saving it: the I/O pattern of load-everything
+# merge scripts (merge_vlm.py: three from_pretrained, state_dict(), load_state_dict, save).
+from safetensors.torch import load_file, save_file
+import paligemma_cli.merge.driver as D
+import paligemma_cli.merge.sources as S
+STATE = {}
+for folder in FOLDERS:
+    for f in sorted(Path(folder).glob("*.safetensors")):
+        STATE[str(f)] = load_file(f)
+RESULT["loaded_s"] = time.perf_counter() - T0
+
+def from_memory(file, key, rows=None):
+    t = STATE[str(file)][key]
+    return t if rows is None else t[rows[0]:rows[1]]
+
+class InMemoryWriter:  # fills a merged state dict, saved in one piece at the end
+    def __init__(self, folder, tensors, **_):
+        from paligemma_cli.merge.writer import DTYPES
+        dtypes = {name: dtype for dtype, name in DTYPES.items()}
+        self.folder, self.total_bytes = Path(folder), 0
+        self.state = {k: torch.empty(shape, dtype=dtypes[d]) for k, shape, d in tensors}
+        self.filled = {k: 0 for k in self.state}
+    def write(self, name, chunk):
+        flat = self.state[name].view(-1)
+        flat[self.filled[name]:self.filled[name] + chunk.numel()] = chunk.reshape(-1)
+        self.filled[name] += chunk.numel()
+    def close(self):
+        save_file(self.state, str(self.folder / "model.safetensors"), metadata={"format": "pt"})
+        return ["model.safetensors"]
+    def abort(self):
+        pass
+
+S.read_rows = D.read_rows = from_memory
+D.ShardedWriter = InMemoryWriter
+from paligemma_cli.merge.driver import MergeRequest, merge
+r = merge(MergeRequest(base_model=FOLDERS[0], models=tuple(FOLDERS[1:]), output=Path(OUT), mode="ties", density=0.3))
+RESULT["trimmed"] = sum(s.trimmed for s in r.parts.values())
+RESULT["conflicts"] = sum(s.conflicts for s in r.parts.values())
+""",
+}
+
+
+def run_variant(name: str, folders: list[Path], out: Path, rss_limit_gb: float) -> dict:
+    """Run one variant in a fresh interpreter: wall and CPU time of the work, peak RSS from
+    wait4 (the kernel's high-water mark); killed if its RSS passes `rss_limit_gb`, so a variant
+    that does not fit cannot push the machine into the OOM killer."""
+    import psutil
+
+    drop_cache(*folders)
+    code = ("import json, time, sys\nfrom pathlib import Path\nsys.path.insert(0, %r)\nimport torch\n"
+            "import safetensors.torch\nFOLDERS = %r\nOUT = %r\nRESULT = {}\nT0 = time.perf_counter()\n%s\n"
+            "RESULT['seconds'] = time.perf_counter() - T0\nprint('RESULT ' + json.dumps(RESULT))\n"
+            % (str(ROOT), [str(f) for f in folders], str(out), CHILD[name]))
+    started = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    watched, killed = psutil.Process(proc.pid), False
+    while True:
+        pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+        if pid:
+            break
+        try:
+            if watched.memory_info().rss > rss_limit_gb * 1e9:
+                watched.kill()
+                killed = True
+        except psutil.NoSuchProcess:
+            pass
+        time.sleep(0.2)
+    output = proc.stdout.read()
+    result = {"variant": name, "peak_rss_gb": usage.ru_maxrss * 1024 / 1e9,
+              "cpu_s": usage.ru_utime + usage.ru_stime, "process_s": time.perf_counter() - started}
+    if killed:
+        result.update(seconds=float("nan"), error=f"killed above {rss_limit_gb:.0f} GB RSS")
+        return result
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"{name} failed ({os.waitstatus_to_exitcode(status)}):\n{output}")
+    result.update(json.loads(next(line for line in output.splitlines() if line.startswith("RESULT "))[7:]))
+    return result
+
+
+def same_output(a: Path, b: Path) -> bool:
+    from safetensors import safe_open
+
+    from paligemma_cli.merge.sources import safetensors_header
+
+    ha, hb = safetensors_header(a, "a"), safetensors_header(b, "b")
+    if ha.keys() != hb.keys():
+        return False
+    for key in ha:
+        with safe_open(str(ha[key].file), "pt") as fa, safe_open(str(hb[key].file), "pt") as fb:
+            if not fa.get_tensor(key).equal(fb.get_tensor(key)):
+                return False
+    return True
+
+
+def table(rows: list[dict], size_gb: float, label: str) -> str:
+    read = next(r for r in rows if r["variant"] == "read")["seconds"]
+    lines = [f"| {label} | wall (s) | x read time | CPU (s) | peak RSS (GB) | x one model's size |",
+             "|---|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        lines.append(f"| {r['variant']} | {r['seconds']:.1f} | {r['seconds'] / read:.2f} | {r['cpu_s']:.0f} | "
+                     f"{r['peak_rss_gb']:.2f} | {r['peak_rss_gb'] / size_gb:.2f} |")
+    return "\n".join(lines)
+
+
+def compare(root: Path, text_layers: int, vision_layers: int, variants: tuple[str, ...]) -> tuple[list[dict], float]:
+    """Generate the three checkpoints, run `variants` on them, check naive == streaming, clean up."""
+    import psutil
+
+    shapes = paligemma_3b_shapes(text_layers, vision_layers)
+    params = sum(math.prod(s) for _, s in shapes)
+    started = time.perf_counter()
+    folders = list(generate(root, shapes, config_json(text_layers, vision_layers)).values())
+    print(f"generated 3 x {params / 1e9:.2f}B params ({params * 2 / 1e9:.2f} GB each) in "
+          f"{time.perf_counter() - started:.0f} s", flush=True)
+    rows = []
+    for variant in variants:
+        limit = psutil.virtual_memory().available / 1e9 - 2.0  # leave the machine 2 GB
+        load = os.getloadavg()[0]
+        rows.append(run_variant(variant, folders, root / f"out-{variant}", limit))
+        rows[-1].update(load_before=round(load, 1), params_b=round(params / 1e9, 3))
+        print(json.dumps(rows[-1]), flush=True)
+    if (root / "out-naive" / "model.safetensors").exists():
+        rows[-1]["same_as_streaming"] = same_output(root / "out-streaming", root / "out-naive")
+    shutil.rmtree(root, ignore_errors=True)
+    return rows, params
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--layers-fraction", type=float, default=1.0, help="scale the model by its layer count")
+    ap.add_argument("--naive-fraction", type=float, default=1 / 3,
+                    help="layer fraction for the naive comparison when the full size does not fit in RAM")
+    ap.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()))
+    args = ap.parse_args()
+
+    import psutil
+    import torch
+
+    layers = (max(1, round(18 * args.layers_fraction)), max(1, round(27 * args.layers_fraction)))
+    size_gb = sum(math.prod(s) for _, s in paligemma_3b_shapes(*layers)) * 2 / 1e9
+    free_disk = shutil.disk_usage(args.workdir).free / 1e9
+    if free_disk < 5.5 * size_gb:
+        raise SystemExit(f"need {5.5 * size_gb:.0f} GB free in {args.workdir}, have {free_disk:.0f} GB")
+    root = Path(tempfile.mkdtemp(prefix="pgm-bench-merge-", dir=args.workdir))
+    sections, everything = [], []
+    try:
+        # naive holds three models and builds a fourth: only at full size if that fits with room
+        naive_fits = psutil.virtual_memory().available / 1e9 > 4.3 * size_gb + 3
+        variants = ("read", "streaming", "naive") if naive_fits else ("read", "streaming")
+        rows, params = compare(root / "full", *layers, variants)
+        sections.append(table(rows, params * 2 / 1e9, f"{params / 1e9:.2f}B params, 3 inputs, bf16"))
+        everything += rows
+        if not naive_fits:
+            small = (max(1, round(layers[0] * args.naive_fraction)), max(1, round(layers[1] * args.naive_fraction)))
+            rows, params = compare(root / "small", *small, ("read", "streaming", "naive"))
+            sections.append(table(rows, params * 2 / 1e9, f"{params / 1e9:.2f}B params ({small[0]}+{small[1]} "
+                                  "layers), 3 inputs, bf16"))
+            everything += rows
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    info = (f"{os.cpu_count()} CPU cores ({platform.machine()}), {psutil.virtual_memory().total / 2**30:.0f} GiB RAM, "
+            f"torch {torch.__version__} with {torch.get_num_threads()} threads, torch.compile kernels "
+            f"{'off' if os.environ.get('PGM_MERGE_COMPILE', '1') in ('0', 'false', 'no', 'off') else 'on'}")
+    print("\n\n".join(sections) + f"\n\nMachine: {info}.\n\nRaw:\n" + "\n".join(json.dumps(r) for r in everything))
+
+
+if __name__ == "__main__":
+    main()
