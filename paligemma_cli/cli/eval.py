@@ -15,7 +15,7 @@ from paligemma_cli.config import DataConfig, ModelConfig
 
 HELP = """Evaluate on TASK's eval split with the official metric (VQA accuracy, ANLS, GQA, COCO captions).
 
-With --model-path (and --adapter) it generates greedily in batches; with --predictions it scores an existing results file in the official format. Either way it writes predictions.jsonl (official keys + references + per-example score) and metrics.json to --output-dir.
+With --model-path (and --adapter; --model-path then defaults to the base the adapter was trained on) it generates greedily in batches; with --predictions it scores an existing results file in the official format. Either way it writes predictions.jsonl (official keys + references + per-example score) and metrics.json to --output-dir.
 
 Examples:
 
@@ -68,6 +68,10 @@ def eval_command(
     if adapter is not None and not (adapter / "adapter_config.json").is_file():  # before a model loads
         raise PgmError(f"--adapter {adapter} has no adapter_config.json.",
                        "Point it at a pgm train output dir, a checkpoint or best/.")
+    if adapter is not None and values.get("model_path") is None:
+        from paligemma_cli.engine.model import adapter_base_model
+
+        values["model_path"] = adapter_base_model(adapter)  # the base it was trained on
     run = build_run({**values, "task": t.name, "eval_split": split})
     quiet_libraries()
     from paligemma_cli.cli.progress import RichEvents

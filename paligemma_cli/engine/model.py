@@ -184,16 +184,38 @@ def attach_lora(model, model_cfg: ModelConfig, lora_cfg: LoraConfig, seed: int =
     return get_peft_model(model, peft_cfg)
 
 
+def check_adapter(adapter: Path) -> dict[str, Any]:
+    """The adapter's config, or one line saying the folder is not an adapter."""
+    path = Path(adapter) / "adapter_config.json"
+    if not path.exists():
+        raise PgmError(f"--adapter {adapter} has no adapter_config.json.",
+                       "Point it at a pgm train output dir, a checkpoints/step-N folder or best/.")
+    try:
+        return json.loads(path.read_text())
+    except ValueError:
+        raise PgmError(f"{path} is not valid JSON.", "The adapter folder is damaged; use a checkpoint.") from None
+
+
+def adapter_base_model(adapter: Path) -> str | None:
+    """The base model an adapter was trained on: pgm's recorded --model-path, else PEFT's field."""
+    run_config = Path(adapter) / "run_config.json"
+    for candidate in (run_config, Path(adapter).parent.parent / "run_config.json"):  # a checkpoint's run
+        if candidate.exists():
+            try:
+                return json.loads(candidate.read_text())["pgm_run"]["model_path"]
+            except (ValueError, KeyError, TypeError):
+                pass
+    return check_adapter(adapter).get("base_model_name_or_path")
+
+
 def load_for_inference(cfg: ModelConfig, adapter: Path | None = None):
     """Base model (quantised per cfg) with an optional LoRA adapter, in eval mode."""
+    if adapter is not None:
+        check_adapter(adapter)  # before the (slow) base model load
     model = load_model(cfg, for_training=False)
     if adapter is not None:
         from peft import PeftModel
 
-        adapter = Path(adapter)
-        if not (adapter / "adapter_config.json").exists():
-            raise PgmError(f"--adapter {adapter} has no adapter_config.json.",
-                           "Point it at a pgm output dir or a checkpoint folder.")
         model = PeftModel.from_pretrained(model, str(adapter))
     model.eval()
     return model

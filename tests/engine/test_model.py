@@ -75,3 +75,26 @@ def test_adapter_given_as_model_path(tmp_path):
     with pytest.raises(PgmError, match="is a LoRA adapter") as exc:
         resolve_model_path(str(tmp_path))
     assert "--adapter" in exc.value.hint
+
+
+def test_adapter_base_model_prefers_pgm_record(tmp_path):
+    import json
+
+    from paligemma_cli.engine.model import adapter_base_model
+
+    run = tmp_path / "run"
+    ckpt = run / "checkpoints" / "step-00000010"
+    ckpt.mkdir(parents=True)
+    for folder in (run, ckpt):
+        (folder / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": "/cache/tiny-v3"}))
+    assert adapter_base_model(run) == "/cache/tiny-v3"  # no pgm record: PEFT's field
+    (run / "run_config.json").write_text(json.dumps({"pgm_run": {"model_path": "tiny"}}))
+    assert adapter_base_model(run) == "tiny"
+    assert adapter_base_model(ckpt) == "tiny"  # a checkpoint finds its run's record
+
+
+def test_not_an_adapter_fails_before_loading(tmp_path):
+    from paligemma_cli.engine.model import load_for_inference
+
+    with pytest.raises(PgmError, match="has no adapter_config.json"):
+        load_for_inference(ModelConfig(model_path="/definitely/not/here"), tmp_path)
