@@ -7,6 +7,7 @@ through `resolve_model_path`, `build_quantization_config`, `load_model` and `att
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -136,7 +137,10 @@ def load_model(cfg: ModelConfig, *, for_training: bool = True):
     kwargs: dict[str, Any] = {"revision": cfg.revision, "dtype": dtype}
     if quant is not None:
         kwargs["quantization_config"] = quant
-        kwargs["device_map"] = {"": 0} if torch.cuda.is_available() else {"": "cpu"}
+        # Each data-parallel process keeps its quantised copy on its own GPU (accelerate sets
+        # LOCAL_RANK); {"": 0} would put every copy on GPU 0.
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        kwargs["device_map"] = {"": local} if torch.cuda.is_available() else {"": "cpu"}
     try:
         model = AutoModelForImageTextToText.from_pretrained(path, **kwargs)
     except PgmError:
