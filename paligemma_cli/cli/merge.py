@@ -23,7 +23,7 @@ _PARAGRAPHS = (
     "Not PEFT's add_weighted_adapter: that trims, drops and elects signs on the LoRA factors A and B "
     "separately, so its 'ties' of two adapters is not TIES on their weight changes B·A. Here the "
     "change of every module is merged as a whole, as in the TIES and DARE papers and mergekit.",
-    "Streams tensor by tensor (safetensors), so two 3B models merge in about 1 GB of RAM. Writes a "
+    "Streams tensor by tensor (safetensors): merging two 3B models peaks at about 1.5 GB of RAM. Writes a "
     "full model folder (sharded safetensors + config + processor) that from_pretrained and pgm load; "
     "with --output-format adapter (adapters only), a LoRA of rank --rank fitted by truncated SVD, "
     "with the relative error per module.",

@@ -126,7 +126,8 @@ def check_output(req: MergeRequest, base_folder: Path, inputs: list) -> None:
     sources = [base_folder] + [i.folder for i in inputs]
     for folder in sources:
         if output.resolve() == folder.resolve() or output.resolve() in folder.resolve().parents:
-            raise PgmError(f"--output {req.output} is one of the inputs.", "Write the merge to a new folder.")
+            raise PgmError(f"--output {req.output} would replace an input ({folder}).",
+                           "Write the merge to a new folder.")
     if output.exists() and not req.overwrite:
         raise PgmError(f"--output {req.output} already exists.",
                        "Pass --overwrite to replace it, or choose another folder.")
