@@ -55,9 +55,6 @@ class RichEvents(Events):
         if not self.live:
             console.print(f"[dim]checkpoint {path}[/]", highlight=False)
 
-    def train_end(self, summary: dict[str, Any]) -> None:
-        self.progress.stop()
-
     def eval_start(self, total: int, description: str) -> None:
         if not self.progress.live.is_started:
             self.progress.start()

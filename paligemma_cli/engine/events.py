@@ -17,9 +17,6 @@ class Events:
     def train_step(self, step: int, metrics: dict[str, Any]) -> None:
         """An optimiser step finished; metrics has loss, lr, samples_per_s (on logging steps)."""
 
-    def train_end(self, summary: dict[str, Any]) -> None:
-        """Training is over; summary is what the final table shows."""
-
     def checkpoint_saved(self, path: str, step: int) -> None:
         """A checkpoint was written atomically."""
 

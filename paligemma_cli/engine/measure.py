@@ -148,7 +148,7 @@ def _cpu_step_peak(step: Callable[[], None]) -> tuple[int | None, str]:
         _times, sizes = MemoryProfileTimeline(prof._memory_profile())._coalesce_timeline(torch.device("cpu"))
         total = np.asarray(sizes).sum(axis=1)
         return int(total.max() - total[0]), "CPU: resident tensors + step allocation peak (torch.profiler)"
-    except Exception:
+    except (ImportError, AttributeError, TypeError, RuntimeError, ValueError):  # private profiler API moved
         return _rss_step_peak(step)
 
 

@@ -181,8 +181,8 @@ def load_config(model_path: str, *, required: bool = True) -> dict | None:
         cached = try_to_load_from_cache(model_path, "config.json")
         if isinstance(cached, str):
             return json.loads(Path(cached).read_text())
-    except Exception:  # not a valid repo id, no cache: fall through
-        pass
+    except (ValueError, OSError):  # not a valid repo id (HFValidationError), unreadable cache: no config
+        cached = None
     if not required:
         return None
     raise PgmError(f"--model-path {model_path}: no config.json there and no preset for it.",
