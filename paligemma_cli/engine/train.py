@@ -10,6 +10,8 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
+import shutil
 import signal
 import time
 from dataclasses import dataclass, field, replace
@@ -267,14 +269,21 @@ def train(run: TrainRun, events: Events | None = None) -> TrainResult:
             entry = {"step": state.global_step, **{k: v for k, v in result.metrics.items()
                                                    if isinstance(v, (int, float))}}
             state.log_history.append({"eval": entry})
+            with open(log_path, "a") as fh:  # beside the losses, so the log tells the whole run
+                fh.write(json.dumps({"step": state.global_step, "eval": entry}) + "\n")
             tracker.log({f"eval/{k}": v for k, v in entry.items() if k != "step"}, state.global_step)
             if value is not None and (state.best_metric is None or value > state.best_metric):
                 state.best_metric, state.best_step = value, state.global_step
-                try:
-                    record_written(out, ["best"])
-                    accelerator.unwrap_model(model).save_pretrained(out / "best")
-                    processor.save_pretrained(out / "best")
+                best, tmp = out / "best", out / ".tmp-best"
+                try:  # written aside and swapped in, so a crash never leaves a half best/
+                    record_written(out, ["best", ".tmp-best"])
+                    shutil.rmtree(tmp, ignore_errors=True)
+                    accelerator.unwrap_model(model).save_pretrained(tmp)
+                    processor.save_pretrained(tmp)
+                    shutil.rmtree(best, ignore_errors=True)
+                    os.replace(tmp, best)
                 except write_errors() as exc:
+                    shutil.rmtree(tmp, ignore_errors=True)
                     raise _write_fault(out, exc, "best/") from None
         accelerator.wait_for_everyone()
 

@@ -307,3 +307,6 @@ def test_eval_steps_logs_the_metric_and_keeps_the_best_adapter(tmp_path, synthet
     assert all(torch.equal(best[k], adapters[30.0][k]) for k in best)
     assert not all(torch.equal(best[k], adapters[20.0][k]) for k in best)  # not simply the last one
     assert (out / "best" / "processor_config.json").exists()
+    assert not (out / ".tmp-best").exists()  # swapped into place, nothing half-written left
+    logged = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    assert [(r["step"], r["eval"]["accuracy"]) for r in logged if "eval" in r] == [(1, 10.0), (2, 30.0), (3, 20.0)]
