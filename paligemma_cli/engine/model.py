@@ -223,10 +223,3 @@ def load_for_inference(cfg: ModelConfig, adapter: Path | None = None):
         model = PeftModel.from_pretrained(model, str(adapter))
     model.eval()
     return model
-
-
-def model_family(model_or_config) -> str:
-    """'paligemma' or 'paligemma2' from the text config's model type."""
-    config = getattr(model_or_config, "config", model_or_config)
-    text_type = getattr(config.text_config, "model_type", "gemma")
-    return "paligemma2" if text_type == "gemma2" else "paligemma"

@@ -138,7 +138,7 @@ def read_json(path: Path, what: str) -> Any:
     """Read an official JSON file, naming it (and the fix) in any error."""
     if not path.exists():
         raise PgmError(f"Expected {what} at {path}, but it does not exist.",
-                       "Check --data-root and --train-split/--eval-split (`pgm data layout TASK`).")
+                       "Check --data-root and the split name; `pgm data layout TASK` shows the expected files.")
     try:
         with open(path, encoding="utf-8") as fh:
             return json.load(fh)

@@ -117,14 +117,14 @@ def test_training_learns_a_task_the_untrained_model_cannot_answer(tmp_path, tiny
 def test_paligemma2_trains_and_generates(tmp_path, synthetic_data, tiny_pg2_dir):
     """The Gemma-2 text model (PaliGemma 2) goes through the same 4-bit LoRA path."""
     from paligemma_cli.engine.evaluate import evaluate_model
-    from paligemma_cli.engine.model import load_for_inference, load_processor, model_family
+    from paligemma_cli.engine.model import load_for_inference, load_processor
     from paligemma_cli.tasks import get_task
 
     out = tmp_path / "run"
     result = train(_run("vqav2", synthetic_data("vqav2"), out, model_path="tiny-pg2", max_steps=2))
     assert result.global_step == 2
     model = load_for_inference(ModelConfig(model_path="tiny-pg2"), out)
-    assert model_family(model.base_model.model) == "paligemma2"
+    assert model.base_model.model.config.text_config.model_type == "gemma2"
     from paligemma_cli.config import DataConfig
     from paligemma_cli.data.sources import load_examples
 
