@@ -94,6 +94,10 @@ class DataConfig:
     prompt: str | None = field(default=None, metadata=opt(
         "Prompt template overriding the task's PaliGemma prompt; {question} is replaced "
         "(e.g. 'answer en {question}')."))
+    skip_image_check: bool = field(default=False, metadata=opt(
+        "Skip the check, before the first step, that every image file the run uses exists and "
+        "opens (threaded, and cached in PGM_HOME by path, size and mtime, so reruns are quick). "
+        "A bad image then stops training at its batch with one error line; checkpoints are kept."))
 
 
 @dataclass(frozen=True)
