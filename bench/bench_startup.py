@@ -14,7 +14,8 @@ with --skip-image-check. Each phase's time is the one pgm prints on its phase li
 (4.2 s)"); "to first line" is launch to pgm's first line (interpreter, imports); "to first step" is
 launch to the `step 1` line, stamped by this script as the line arrives. Peak RSS is the process's
 (os.wait4). As the side-by-side reference the script times, in the same run, the floor every tool
-pays before it can train: a bare `python -c "json.load(...)"` of the same official files.
+pays before it can train: a bare `python -c "json.load(...)"` of the same official files, run
+right before each pgm run; with --baseline-rev also the pgm of an earlier commit, cold.
 The tiny model is built before timing (it stands for the real one; its loading is a phase).
 """
 
@@ -145,6 +146,8 @@ def main() -> int:
     parser.add_argument("--tasks", nargs="+", default=["vqav2", "gqa"], choices=["vqav2", "gqa"])
     parser.add_argument("--keep", action="store_true", help="Keep the written data (and reuse it next time).")
     parser.add_argument("--scale", type=float, default=1.0, help="Fraction of the real sizes (a quick try).")
+    parser.add_argument("--baseline-rev", default=None, help="Also run the same command (cold) with the pgm of "
+                        "this git commit, e.g. the one before the image check was threaded and cached.")
     args = parser.parse_args()
     n_vqa, n_img, n_gqa = (max(10, int(n * args.scale)) for n in (VQA_QUESTIONS, VQA_IMAGES, GQA_QUESTIONS))
 
@@ -159,6 +162,12 @@ def main() -> int:
         if "gqa" in args.tasks and not gqa.exists():
             write_gqa(gqa, vqa, n_gqa, n_img)
         print(f"data written in {time.perf_counter() - t:.0f} s under {work}", flush=True)
+        baseline = work / "baseline"
+        if args.baseline_rev and not baseline.exists():
+            baseline.mkdir()
+            archive = subprocess.run(["git", "-C", str(REPO), "archive", args.baseline_rev, "paligemma_cli"],
+                                     check=True, capture_output=True).stdout
+            subprocess.run(["tar", "-x", "-C", str(baseline)], input=archive, check=True)
         subprocess.run([sys.executable, "-c", "from paligemma_cli.engine.tiny import ensure_tiny; ensure_tiny('tiny')"],
                        env=env, check=True, cwd=REPO)
         rows = []
@@ -166,14 +175,18 @@ def main() -> int:
             root = vqa if task == "vqav2" else gqa
             files = ([root / "v2_OpenEnded_mscoco_train2014_questions.json", root / "v2_mscoco_train2014_annotations.json"]
                      if task == "vqav2" else [root / "train_balanced_questions.json"])
-            floor = json_floor(files, env)
             (home / "image-check.sqlite").unlink(missing_ok=True)
-            for mode, extra in (("cold", []), ("warm", []), ("skip check", ["--skip-image-check"])):
-                out = work / f"out-{task}-{mode.replace(' ', '-')}"
+            runs = [("cold", [], env), ("warm", [], env), ("skip check", ["--skip-image-check"], env)]
+            if args.baseline_rev:
+                runs.append((f"pgm {args.baseline_rev[:7]} (before)", [], {**env, "PYTHONPATH": str(baseline)}))
+            for mode, extra, run_env in runs:
+                # The floor right before each run: on a shared machine the load changes by the minute.
+                floor = json_floor(files, env)
+                out = work / f"out-{task}-{len(rows)}"
                 shutil.rmtree(out, ignore_errors=True)
                 r = run_pgm(["train", task, "--model-path", "tiny", "--data-root", str(root), "--max-steps", "1",
                              "--batch-size", "2", "--gradient-accumulation-steps", "1",
-                             "--output-dir", str(out), *extra], env)
+                             "--output-dir", str(out), *extra], run_env)
                 shutil.rmtree(out, ignore_errors=True)
                 rows.append((task, mode, r, floor))
                 print(f"{task} {mode}: first step at {r['first_step']:.1f} s, phases {r['phases']}", flush=True)

@@ -8,6 +8,7 @@ Only the main process writes checkpoints, logs and events.
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import math
 import os
@@ -214,6 +215,9 @@ def train(run: TrainRun, events: Events | None = None) -> TrainResult:
         eval_examples = load_examples(task, run.data, "eval", check_images=False)
         if run.data.data_root is not None:
             eval_extra = task.load_score_extra(Path(run.data.data_root), split_for(task, run.data, "eval"))
+    # Millions of long-lived objects at real size: keep the cyclic GC from walking them again on
+    # every later collection (model loading, every step).
+    gc.freeze()
     early.phase_end(f"{len(train_examples):,} training examples"
                     + (f", {len(eval_examples):,} for evaluation" if eval_examples else ""))
     resolve_model_path(run.model.model_path)

@@ -83,12 +83,15 @@ def test_processes_check_disjoint_shares_and_combine(synthetic_data, tmp_path):
 
 def test_skip_image_check_bad_image_mid_run_is_one_error_line_and_keeps_checkpoints(
         synthetic_data, tiny_model_dir, tmp_path):
-    from paligemma_cli.engine.train import EpochSampler
+    try:  # the sampler's home moves with the input-pipeline work
+        from paligemma_cli.engine.loader import EpochSampler
+    except ImportError:
+        from paligemma_cli.engine.train import EpochSampler
     from paligemma_cli.tasks import get_task
 
-    data = Path(shutil.copytree(synthetic_data("coco", 8), tmp_path / "data"))
+    data = Path(shutil.copytree(synthetic_data("coco", 16), tmp_path / "data"))
     examples = get_task("coco").load_official(data, "train2017")
-    last = examples[list(EpochSampler(len(examples), 42))[-1]]  # in the 4th and last batch
+    last = examples[list(EpochSampler(len(examples), 42))[-1]]  # in the 8th and last batch
     Path(last.image).write_bytes(GARBAGE)
     out = tmp_path / "run"
     result = pgm("train", "coco", "--model-path", "tiny", "--data-root", data, "--skip-image-check",
@@ -99,6 +102,7 @@ def test_skip_image_check_bad_image_mid_run_is_one_error_line_and_keeps_checkpoi
     assert text.count("Error:") == 1 and "Traceback" not in text, text
     assert Path(last.image).name in result.stderr, text
     assert "Checking" not in result.stdout  # skipped
-    # accelerate's loader fetches one batch ahead, so the bad batch surfaces during step 3: the
-    # checkpoint of step 2 is the last good one, and it is kept.
-    assert (out / "checkpoints" / "step-00000002").is_dir(), text
+    # Loaders fetch a batch or more ahead, so the error surfaces a step or few early; the
+    # checkpoints written before it are kept.
+    saved = [line.split()[-1] for line in result.stdout.splitlines() if line.startswith("checkpoint ")]
+    assert saved and Path(saved[-1]).is_dir(), text
