@@ -107,10 +107,11 @@ def write_gqa(root: Path, vqa_root: Path, n_questions: int, n_images: int) -> No
 
 
 def run_pgm(args: list[str], env: dict) -> dict:
-    """Run pgm as a process; stamp each stdout line on arrival; collect phase times and peak RSS."""
+    """Run pgm (the copy on env's PYTHONPATH, from that folder: `-m` puts the cwd first on sys.path)
+    as a process; stamp each stdout line on arrival; collect phase times and peak RSS."""
     start = time.perf_counter()
     proc = subprocess.Popen([sys.executable, "-m", "paligemma_cli", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, env=env, cwd=REPO)
+                            stderr=subprocess.STDOUT, text=True, env=env, cwd=env["PYTHONPATH"])
     lines, first_line, first_step, phases = [], None, None, {}
     for line in proc.stdout:
         now = time.perf_counter() - start

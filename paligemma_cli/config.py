@@ -96,7 +96,7 @@ class DataConfig:
         "(e.g. 'answer en {question}')."))
     skip_image_check: bool = field(default=False, metadata=opt(
         "Skip the check, before the first step, that every image file the run uses exists and "
-        "opens (threaded, and cached in PGM_HOME by path, size and mtime, so reruns are quick). "
+        "opens (cached in PGM_HOME by path, size and mtime, so reruns are quick). "
         "A bad image then stops training at its batch with one error line; checkpoints are kept."))
 
 

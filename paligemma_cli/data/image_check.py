@@ -1,12 +1,13 @@
 """The up-front image check: every image file a run will use exists and opens, before training.
 
-At real size (83k VQAv2 / 149k GQA images, often on a network disk) a sequential check is minutes of
-silence, so on a slow disk the files are checked in threads (opening a file waits on the disk,
-which releases the GIL), progress is reported through a callback, and each file that passed is remembered in a small
-SQLite table in PGM_HOME keyed by its absolute path, size and mtime: a rerun, a `--resume` or a new
-run on the same data re-opens only files that changed. Under several processes each checks a
-disjoint 1/N of the unique images and the caller combines the results (`combine`), so the check
-takes 1/N of the time and still covers every image any process may draw in any epoch.
+At real size (83k VQAv2 / 149k GQA images, often on a network disk) a sequential check is minutes
+of silence, so on a slow disk the files are checked in threads (opening a file waits on the disk,
+which releases the GIL), progress is reported through a callback, and each file that passed is
+remembered in a small SQLite table in PGM_HOME keyed by its absolute path, size and mtime: a rerun,
+a `--resume` or a new run on the same data re-opens only files that changed. Under several
+processes each checks a disjoint 1/N of the unique images and the caller combines the results
+(`combine`), so the check takes 1/N of the time and still covers every image any process may draw
+in any epoch.
 """
 
 from __future__ import annotations
