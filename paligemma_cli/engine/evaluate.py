@@ -159,8 +159,8 @@ def check_prediction_ids(predictions: dict[Hashable, str], examples: Sequence[Ex
     """
     ids, questions = {ex.id for ex in examples}, extra.get("questions") or {}
     unknown = predictions.keys() - ids  # set arithmetic in C: GQA results hold 2 M ids
-    if unknown:
-        unknown = [k for k in unknown if k not in questions]
+    if unknown and questions:
+        unknown -= questions.keys()
     if unknown:  # in the file's order, to name the first
         unknown_set = set(unknown)
         unknown = [k for k in predictions if k in unknown_set]

@@ -135,11 +135,10 @@ class GQA(Task):
             # as the official loop walks them.
             entailed = {str(e) for qid in wanted for e in _full(questions.get(qid)).get("entailed", ())}
             kept = {}
-            for qid, q in questions.items():
-                if qid in wanted or qid in entailed:
-                    q = _full(q)
-                    if qid in wanted or not q.get("isBalanced", True):
-                        kept[qid] = q
+            for qid in filter((wanted | entailed).__contains__, questions):  # C-speed walk of 2.0 M ids
+                q = _full(questions[qid])
+                if qid in wanted or not q.get("isBalanced", True):
+                    kept[qid] = q
             questions = kept
             unpredicted = sum(1 for qid in questions if qid not in wanted and qid not in predictions)
             if unpredicted:
@@ -147,8 +146,8 @@ class GQA(Task):
                              "count as wrong in consistency (the official score needs predictions for "
                              "all of <split>_all_questions.json).")
         choices = extra.get("choices")
-        if choices is not None:  # decode the scored questions' entries only (a missing one is named there)
-            choices = {qid: choices[qid] for qid in questions if qid in choices}
+        if isinstance(choices, LazyObjects):  # decode the balanced questions' entries only (gqa_metrics names a missing one)
+            choices = choices.decode_some(qid for qid, q in questions.items() if q.get("isBalanced", True))
         result = gqa_metrics(predictions, questions, choices=choices)
         per = {k: v / 100.0 for k, v in result["per_question"].items()}
         if result["entailed_missing"]:

@@ -16,7 +16,7 @@ import mmap
 from collections.abc import Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Hashable, Iterator, Optional
+from typing import Any, Callable, Hashable, Iterable, Iterator, Optional
 
 import msgspec
 
@@ -167,6 +167,11 @@ class LazyObjects(Mapping):
         except msgspec.ValidationError as exc:
             raise PgmError(f"{self.path} entry {key!r} does not have the official schema "
                            f"({_schema_detail(str(exc), bytes(raw))}).", "Is this the right file for the task?") from None
+
+    def decode_some(self, keys: Iterable[str]) -> dict[str, Any]:
+        """{key: decoded entry} for those of `keys` present (absent ones are left out)."""
+        raw = self._raw
+        return {key: self[key] for key in keys if key in raw}
 
     def __contains__(self, key: object) -> bool:
         return key in self._raw
