@@ -13,7 +13,8 @@ COCOEvalCap's steps for COCO, a per-question ANLS loop for DocVQA). Prints wall 
 (os.wait4) and their ratios; checks both give the same headline metric.
 `train` times the training-path loaders (`task.load_official`) on VQAv2 train2014 (443,757
 questions), GQA train balanced (943,000) and COCO train2017 (591,753 captions), next to a bare
-`json.load` of the same files. Data generation is not timed.
+`json.load` of the same files. `readers` times each JSON reader on the VQAv2 val annotations (orjson
+too when it is installed; it is not a dependency). Data generation is not timed.
 """
 
 from __future__ import annotations
@@ -268,9 +269,9 @@ HEADLINE = {"vqav2": "accuracy", "gqa": "accuracy", "docvqa": "anls", "coco": "C
 
 # ----- measuring processes --------------------------------------------------------------------------
 
-def measured(cmd: list[str]) -> tuple[float, float, str]:
-    """Run `cmd`, returning wall time, its own peak RSS (GB) and stdout."""
-    env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"}
+def measured(cmd: list[str], code: Path = REPO) -> tuple[float, float, str]:
+    """Run `cmd` with `code`'s paligemma_cli, returning wall time, its own peak RSS (GB) and stdout."""
+    env = {**os.environ, "PYTHONPATH": str(code), "HF_HUB_OFFLINE": "1"}
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
         start = time.perf_counter()
         proc = subprocess.Popen(cmd, stdout=out, stderr=err, env=env, text=True)
@@ -283,13 +284,14 @@ def measured(cmd: list[str]) -> tuple[float, float, str]:
         return wall, usage.ru_maxrss / 1024 ** 2, out.read()
 
 
-def pgm_eval(task: str, root: Path, split: str, results: Path, out: Path) -> tuple[float, float, dict]:
+def pgm_eval(task: str, root: Path, split: str, results: Path, out: Path, code: Path = REPO) -> tuple[float, float, dict]:
     wall, rss, _ = measured([sys.executable, "-m", "paligemma_cli", "eval", "--task", task, "--predictions",
-                             str(results), "--data-root", str(root), "--split", split, "-o", str(out), "--overwrite"])
+                             str(results), "--data-root", str(root), "--split", split, "-o", str(out), "--overwrite"],
+                            code)
     return wall, rss, json.loads((out / "metrics.json").read_text())["metrics"]
 
 
-def score_rows(task: str, tmp: Path, rng: random.Random) -> list[tuple]:
+def score_rows(task: str, tmp: Path, rng: random.Random, before: Path | None) -> list[tuple]:
     root = tmp / task
     root.mkdir(parents=True, exist_ok=True)
     split = SPLITS[task]
@@ -308,7 +310,7 @@ def score_rows(task: str, tmp: Path, rng: random.Random) -> list[tuple]:
     mb = sum(p.stat().st_size for p in root.rglob("*.json")) / 1e6
     wall, rss, metrics = pgm_eval(task, root, split, results, tmp / f"{task}-out")
     o_wall, o_rss, o_out = measured([sys.executable, __file__, "--official", task, str(root), split, str(results)])
-    official = json.loads(o_out)
+    official = json.loads(o_out.strip().splitlines()[-1])  # pycocoevalcap prints on stdout too
     key = HEADLINE[task]
     same = abs(official[key] - metrics[key]) < 1e-9 * max(1.0, abs(metrics[key]))
     if task == "gqa":
@@ -316,6 +318,11 @@ def score_rows(task: str, tmp: Path, rng: random.Random) -> list[tuple]:
     rows = [(task, size, f"{mb:,.0f}", "pgm eval --predictions", wall, rss, o_wall / wall, o_rss / rss,
              f"{metrics[key]:.4f}", same)]
     rows.append((task, size, f"{mb:,.0f}", "official loop", o_wall, o_rss, 1.0, 1.0, f"{official[key]:.4f}", same))
+    if before is not None:  # the same command with an earlier checkout's paligemma_cli
+        b_wall, b_rss, b_metrics = pgm_eval(task, root, split, results, tmp / f"{task}-before", before)
+        b_same = abs(b_metrics[key] - metrics[key]) < 1e-9 * max(1.0, abs(metrics[key]))
+        rows.append((task, size, f"{mb:,.0f}", f"pgm eval --predictions, before ({before.name})", b_wall, b_rss,
+                     o_wall / b_wall, o_rss / b_rss, f"{b_metrics[key]:.4f}", b_same))
     if task == "coco":
         rows.append(("", "", "", "official steps: " + ", ".join(f"{k} {v:.1f} s" for k, v in official["_times"].items()),
                      None, None, None, None, "", ""))
@@ -337,7 +344,7 @@ def load_in_process(task: str, root: str, split: str, how: str) -> None:
     print(json.dumps({"seconds": time.perf_counter() - start, "n": n}))
 
 
-def train_rows(tmp: Path, rng: random.Random) -> list[tuple]:
+def train_rows(tmp: Path, rng: random.Random, before: Path | None) -> list[tuple]:
     rows = []
     for name, task, split, write in (
             ("vqav2-train", "vqav2", "train2014", lambda r: write_vqav2(r, "train2014", SIZES["vqav2-train"], rng)),
@@ -350,23 +357,62 @@ def train_rows(tmp: Path, rng: random.Random) -> list[tuple]:
         (root / "results.json").unlink(missing_ok=True)
         mb = sum(p.stat().st_size for p in root.rglob("*.json")) / 1e6
         got = {}
-        for how in ("pgm", "json.load"):
-            wall, rss, out = measured([sys.executable, __file__, "--load", task, str(root), split, how])
-            got[how] = (wall, rss, json.loads(out))
+        for how, code in (("pgm", REPO), ("json.load", REPO), ("before", before)):
+            if code is not None:
+                wall, rss, out = measured([sys.executable, __file__, "--load", task, str(root), split,
+                                           "json.load" if how == "json.load" else "pgm"], code)
+                got[how] = (wall, rss, json.loads(out))
         pw, prss, p = got["pgm"]
-        jw, jrss, j = got["json.load"]
-        rows.append((name, f"{p['n']:,}", f"{mb:,.0f}", p["seconds"], pw, prss, j["seconds"], jrss,
-                     j["seconds"] / p["seconds"], jrss / prss))
+        for how in ("json.load", "before"):
+            if how in got:
+                w, rss, other = got[how]
+                rows.append((name, f"{p['n']:,}", f"{mb:,.0f}", p["seconds"], prss, how if how == "json.load"
+                             else f"pgm before ({before.name})", other["seconds"], rss,
+                             other["seconds"] / p["seconds"], rss / prss))
         shutil.rmtree(root)
+    return rows
+
+
+def reader_rows(tmp: Path, rng: random.Random) -> list[tuple[str, float]]:
+    """Seconds to read the VQAv2 val annotations with each JSON reader, in this process, one after another."""
+    import gc
+    import importlib.util
+
+    from paligemma_cli.tasks.vqav2 import _Annotations
+
+    root = tmp / "readers"
+    root.mkdir()
+    write_vqav2(root, "val2014", SIZES["vqav2"], rng)
+    data = (root / "v2_mscoco_val2014_annotations.json").read_bytes()
+    readers = [("json.loads (stdlib)", lambda: json.loads(data)),
+               ("json.loads, garbage collector paused", lambda: json.loads(data)),
+               ("msgspec.json.decode, untyped", lambda: msgspec.json.decode(data)),
+               ("msgspec.json.decode into pgm's structs (what pgm does)",
+                lambda: msgspec.json.decode(data, type=_Annotations))]
+    if importlib.util.find_spec("orjson"):  # not a pgm dependency: measured when installed
+        import orjson
+
+        readers.insert(2, ("orjson.loads", lambda: orjson.loads(data)))
+    rows = []
+    for name, read in readers:
+        if "paused" in name or "pgm" in name:
+            gc.disable()
+        start = time.perf_counter()
+        read()
+        rows.append((name, time.perf_counter() - start))
+        gc.enable()
+    shutil.rmtree(root)
     return rows
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tasks", nargs="+", default=["vqav2", "gqa", "docvqa", "coco", "train"],
-                        choices=["vqav2", "gqa", "docvqa", "coco", "train"])
+    parser.add_argument("--tasks", nargs="+", default=["vqav2", "gqa", "docvqa", "coco", "train", "readers"],
+                        choices=["vqav2", "gqa", "docvqa", "coco", "train", "readers"])
     parser.add_argument("--tmp", type=Path, default=None, help="Where the synthetic files go (removed after).")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--before", type=Path, default=None,
+                        help="Also run pgm from this earlier checkout (its paligemma_cli) on the same files.")
     parser.add_argument("--scale", type=float, default=1.0, help="Shrink every size (a quick check; not the real sizes).")
     parser.add_argument("--official", nargs=4, metavar=("TASK", "ROOT", "SPLIT", "RESULTS"), help=argparse.SUPPRESS)
     parser.add_argument("--load", nargs=4, metavar=("TASK", "ROOT", "SPLIT", "HOW"), help=argparse.SUPPRESS)
@@ -389,13 +435,13 @@ def main() -> int:
     try:
         print(f"python {platform.python_version()}, {os.cpu_count()} CPU cores, seed {args.seed}, "
               f"load average {os.getloadavg()[0]:.1f}\n")
-        scored = [t for t in args.tasks if t != "train"]
+        scored = [t for t in args.tasks if t not in ("train", "readers")]
         if scored:
-            print("| task | size | JSON MB | process | seconds | peak RSS GB | time ratio | RSS ratio "
-                  "| headline | same metric |")
+            print("| task | size | JSON MB | process | seconds | peak RSS GB | official loop ÷ this, time "
+                  "| official loop ÷ this, RSS | headline | same metric |")
             print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
         for task in scored:
-            for row in score_rows(task, tmp, rng):
+            for row in score_rows(task, tmp, rng, args.before):
                 name, size, mb, what, wall, rss, tr, rr, headline, same = row
                 if wall is None:
                     print(f"| {name} | | | {what} | | | | | | |", flush=True)
@@ -404,19 +450,26 @@ def main() -> int:
                       f"| {headline} | {'yes' if same else 'NO'} |", flush=True)
                 ok = ok and same
                 goal = GOALS.get(task)
-                if goal and what.startswith("pgm"):
+                if goal and what == "pgm eval --predictions":
                     met = wall <= goal[0] and (goal[1] is None or rss <= goal[1])
                     ok = ok and met
                     print(f"|  | goal ≤ {goal[0]:.0f} s" + (f", ≤ {goal[1]:.0f} GB" if goal[1] else "")
                           + f": {'met' if met else 'MISSED'} | | | | | | | | |", flush=True)
         if "train" in args.tasks:
             print("\nTraining-path loading (`task.load_official`, in a fresh process) vs a bare json.load:\n")
-            print("| split | examples | JSON MB | pgm load s | pgm process s | pgm peak RSS GB | json.load s "
-                  "| json.load peak RSS GB | time ratio | RSS ratio |")
+            print("| split | examples | JSON MB | pgm load s | pgm peak RSS GB | compared with | its load s "
+                  "| its peak RSS GB | it ÷ pgm, time | it ÷ pgm, RSS |")
             print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
-            for name, n, mb, ps, pw, prss, js, jrss, tr, rr in train_rows(tmp, rng):
-                print(f"| {name} | {n} | {mb} | {ps:.2f} | {pw:.2f} | {prss:.2f} | {js:.2f} | {jrss:.2f} "
+            for name, n, mb, ps, prss, other, js, jrss, tr, rr in train_rows(tmp, rng, args.before):
+                print(f"| {name} | {n} | {mb} | {ps:.2f} | {prss:.2f} | {other} | {js:.2f} | {jrss:.2f} "
                       f"| {tr:.1f}x | {rr:.1f}x |", flush=True)
+        if "readers" in args.tasks:
+            print(f"\nReading the VQAv2 val annotations ({SIZES['vqav2']:,} questions) in one process:\n")
+            print("| reader | seconds | vs json.loads |")
+            print("| --- | --- | --- |")
+            rows = reader_rows(tmp, rng)
+            for name, seconds in rows:
+                print(f"| {name} | {seconds:.2f} | {rows[0][1] / seconds:.1f}x |", flush=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return 0 if ok else 1
