@@ -32,7 +32,8 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+# The children measured import paligemma_cli from the checkout they are given (--before), not this one.
+sys.path.insert(0, os.environ.get("PGM_BENCH_CODE", str(REPO)))
 sys.path.insert(0, str(REPO / "bench"))
 
 import msgspec  # noqa: E402
@@ -271,10 +272,11 @@ HEADLINE = {"vqav2": "accuracy", "gqa": "accuracy", "docvqa": "anls", "coco": "C
 
 def measured(cmd: list[str], code: Path = REPO) -> tuple[float, float, str]:
     """Run `cmd` with `code`'s paligemma_cli, returning wall time, its own peak RSS (GB) and stdout."""
-    env = {**os.environ, "PYTHONPATH": str(code), "HF_HUB_OFFLINE": "1"}
+    env = {**os.environ, "PYTHONPATH": str(code), "PGM_BENCH_CODE": str(code), "HF_HUB_OFFLINE": "1"}
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
         start = time.perf_counter()
-        proc = subprocess.Popen(cmd, stdout=out, stderr=err, env=env, text=True)
+        # cwd: `python -m` puts the working directory first on sys.path, before PYTHONPATH.
+        proc = subprocess.Popen(cmd, stdout=out, stderr=err, env=env, text=True, cwd=tempfile.gettempdir())
         _, status, usage = os.wait4(proc.pid, 0)
         wall = time.perf_counter() - start
         proc.returncode = os.waitstatus_to_exitcode(status)

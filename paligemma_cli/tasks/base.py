@@ -3,7 +3,8 @@
 A task file (one per data set) subclasses `Task` and fills in the official on-disk loader, the
 hub-row mapping, the training target, the official result format, the scorer and the writer of
 synthetic data. The three data sources (official layout, hub dataset, JSONL) all end as a list of
-`Example`s whose images are loaded only when a batch needs them.
+examples whose images are loaded only when a batch needs them: `Example`s, or for the official
+files compact `Record`s (tasks/records.py) with the same attributes.
 """
 
 from __future__ import annotations
