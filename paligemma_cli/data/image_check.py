@@ -40,7 +40,14 @@ class CheckResult:
 
 def image_files(examples: Iterable) -> list[str]:
     """The unique image files of `examples`, in first-seen order (loaders and hub images skipped)."""
-    refs = (ex.image for ex in examples)
+    # A compact record (tasks.records) builds its path on each access: take one record per (split,
+    # image key) first, so a path is built per image, not per question (0.7 s instead of 2.9 s at
+    # VQAv2 train size).
+    first: dict = {}
+    for ex in examples:
+        key = getattr(ex, "image_key", None)
+        first.setdefault(id(ex) if key is None else (id(ex.kind), key), ex)
+    refs = (ex.image for ex in first.values())
     return list(dict.fromkeys(os.fspath(r) for r in refs if r is not None and not callable(r)))
 
 

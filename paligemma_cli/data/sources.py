@@ -7,8 +7,6 @@ missing or corrupt image fails before training starts, naming the first and coun
 
 from __future__ import annotations
 
-import contextlib
-import gc
 import json
 from pathlib import Path
 from typing import Any, Callable
@@ -16,6 +14,7 @@ from typing import Any, Callable
 from paligemma_cli.config import DataConfig
 from paligemma_cli.errors import PgmError
 from paligemma_cli.tasks import Example, Task
+from paligemma_cli.tasks.records import paused_gc
 
 
 def split_for(task: Task, data: DataConfig, role: str) -> str:
@@ -40,7 +39,7 @@ def load_examples(task: Task, data: DataConfig, role: str, *, check_images: bool
             raise PgmError(f"--data-root {root} is not a folder.",
                            f"Expected the official {task.name} layout: {task.layout(split)}.")
         try:
-            with _no_gc():
+            with paused_gc():
                 examples = task.load_official(root, split, data.prompt)[:limit]
         except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:  # a field of the wrong shape
             detail = f"no field {exc}" if isinstance(exc, KeyError) else str(exc)
@@ -54,19 +53,6 @@ def load_examples(task: Task, data: DataConfig, role: str, *, check_images: bool
     if check_images:
         check_image_files(examples)
     return examples
-
-
-@contextlib.contextmanager
-def _no_gc():
-    """Pause the cyclic GC while an official file becomes millions of objects: none of them is
-    garbage yet, and at VQAv2/GQA size its repeated full passes doubled the load time."""
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
 
 
 # ----- JSONL ------------------------------------------------------------------------------------
