@@ -153,6 +153,9 @@ def check_images(paths: Sequence[str], *, rank: int = 0, world: int = 1, cache: 
         known = store.known(mine)
         chunks = [mine[i:i + CHUNK] for i in range(0, len(mine), CHUNK)]
         if threads is None and chunks:
+            from PIL import Image
+
+            Image.preinit()  # its plugin imports (tens of ms under load) are not disk time
             start = time.perf_counter()
             take(_check_chunk(chunks[0], known))
             slow = (time.perf_counter() - start) / len(chunks[0]) > SLOW_FILE_S
