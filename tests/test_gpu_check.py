@@ -1,0 +1,72 @@
+"""bench/gpu_check.py runs end to end before a GPU is ever lent: --tiny on CPU, as a subprocess."""
+
+import importlib.util
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[1] / "bench" / "gpu_check.py"
+ROWS = ["train:pg1-224:4bit", "train:pg1-448:8bit", "generate:pg1-448:4bit"]
+
+
+@pytest.fixture(scope="module")
+def check_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("gpu_check")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--tiny", "--out", str(out), "--steps", "2",
+                           "--rows", ",".join(ROWS), "--break-row", ROWS[1]],
+                          env=env, capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return proc, json.loads((out / "gpu_check.json").read_text()), (out / "gpu_check.md").read_text()
+
+
+@pytest.mark.slow
+def test_rows_run_through_pgms_engine_and_sit_beside_the_estimate(check_run):
+    _, report, _ = check_run
+    assert [r["row"] for r in report["rows"]] == ROWS
+    train = report["rows"][0]
+    assert train["status"] == "ok" and train["steps"] == 2 and math.isfinite(train["final_loss"])
+    assert train["samples_per_s"] > 0 and train["tokens_per_s"] > train["samples_per_s"]
+    # 32 px / patch 8 = 16 image tokens; the estimate describes the very batch trained on
+    assert train["image_tokens"] == 16 and train["seq_len"] > 16
+    est = train["estimate"]
+    assert est["seq_len"] == train["seq_len"] and est["answer_positions"] == train["answer_positions"]
+    assert est["setup"]["quantization"] == "4bit" and est["setup"]["batch_size"] == 4
+    assert {"activations", "optimizer states", "LoRA parameters"} <= set(est["parts"])
+    assert est["allocated"] == est["total"] - est["parts"]["CUDA context + allocator"]
+    assert "measured" not in train  # no CUDA here: no peak is made up
+    gen = report["rows"][2]
+    assert gen["status"] == "ok" and gen["max_new_tokens"] == 16
+    assert gen["batches"]["1"]["examples"] == 2 and gen["batches"]["16"]["examples"] == 32
+    assert gen["speedup"] == pytest.approx(gen["batches"]["16"]["examples_per_s"] / gen["batches"]["1"]["examples_per_s"])
+    for part in ("imports", "build pg1-224", "build pg1-448", "data 32px", "data 64px", *ROWS, "total"):
+        assert report["timings"][part] >= 0, part
+
+
+@pytest.mark.slow
+def test_a_failing_row_is_recorded_and_the_rest_still_run(check_run):
+    proc, report, md = check_run
+    broken = report["rows"][1]
+    assert broken["status"] == "error" and "missing-model does not exist" in broken["error"]
+    assert report["rows"][2]["status"] == "ok"  # the row after it still ran
+    lines = {line.split(" | ")[0].lstrip("| "): line for line in md.splitlines() if line.startswith("| ")}
+    assert lines[ROWS[0]].split(" | ")[1] == "ok" and "samples/s" in lines[ROWS[0]]
+    assert lines[ROWS[1]].split(" | ")[1] == "error" and "does not exist" in lines[ROWS[1]]
+    assert "at batch 1" in lines[ROWS[2]]
+    assert md in proc.stdout  # the table is printed too
+
+
+def test_rows_are_skipped_when_the_budget_runs_out(monkeypatch):
+    spec = importlib.util.spec_from_file_location("gpu_check", SCRIPT)
+    gpu_check = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "gpu_check", gpu_check)  # dataclasses look their module up there
+    spec.loader.exec_module(gpu_check)
+    row = gpu_check.ROWS[0]
+    assert gpu_check.fits_budget(row, row.need_s + gpu_check.BUILD_S, built=set())
+    assert not gpu_check.fits_budget(row, row.need_s + gpu_check.BUILD_S - 1, built=set())
+    assert gpu_check.fits_budget(row, row.need_s, built={row.model})  # its model is already built
