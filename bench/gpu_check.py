@@ -79,8 +79,8 @@ class Row:
 
 ROWS = [Row("train", "pg1-224", "4bit", 40), Row("train", "pg1-448", "4bit", 50),
         Row("generate", "pg1-448", "4bit", 45), Row("train", "pg2-448", "4bit", 50),
-        Row("train", "pg1-448", "8bit", 70), Row("train", "pg1-448", "none", 40),
-        Row("generate", "pg1-448", "none", 35)]
+        Row("train", "pg1-448", "none", 40), Row("generate", "pg1-448", "none", 35),
+        Row("train", "pg1-448", "8bit", 70)]
 
 
 def fits_budget(row: Row, seconds_left: float, built: set[str]) -> bool:
@@ -96,6 +96,21 @@ def tiny_spec(preset: dict) -> dict:
     vision = {**preset["vision_config"], **small, "patch_size": 8, "image_size": res,
               "num_image_tokens": (res // 8) ** 2}
     return {**preset, "text_config": text, "vision_config": vision, "projection_dim": 64}
+
+
+def compare(est, baseline: int, resident: int, peak: int, reserved: int, device_used: int) -> dict:
+    """Measured CUDA memory (bytes; `baseline` allocated before the row) beside the estimate's parts."""
+    resident, peak = resident - baseline, peak - baseline
+    rows = [("resident before step 1 (weights, fp32 upcast, LoRA)",
+             est.weights_quantized + est.weights_unquantized + est.kbit_upcast + est.lora, resident),
+            ("step peak above resident (gradients, optimizer, activations)",
+             est.gradients + est.optimizer + est.activations, peak - resident),
+            ("peak allocated", est.total - est.overhead, peak),
+            ("device memory used (nvidia-smi's view) vs total", est.total, device_used)]
+    return {"measured": {"baseline_allocated": baseline, "resident": resident, "peak_allocated": peak,
+                         "peak_reserved": reserved, "device_used": device_used},
+            "compare": [{"part": part, "estimate": e, "measured": m, "ratio": m / e if e else None}
+                        for part, e, m in rows]}
 
 
 class Clock:
@@ -267,21 +282,7 @@ class Check:
                                        f"--max-length {setup.max_length} --answer-tokens {setup.answer_tokens} "
                                        f"--quantization {row.quantization} --json")
         if self.cuda:
-            resident = clock.resident - baseline
-            peak = clock.peak - baseline
-            est_resident = est.weights_quantized + est.weights_unquantized + est.kbit_upcast + est.lora
-            out["measured"] = {"baseline_allocated": baseline, "resident": resident, "peak_allocated": peak,
-                               "peak_reserved": clock.reserved, "device_used": clock.device_used}
-            out["compare"] = [
-                {"part": "resident before step 1 (weights, fp32 upcast, LoRA)", "estimate": est_resident,
-                 "measured": resident},
-                {"part": "step peak above resident (gradients, optimizer, activations)",
-                 "estimate": est.gradients + est.optimizer + est.activations, "measured": peak - resident},
-                {"part": "peak allocated", "estimate": est.total - est.overhead, "measured": peak},
-                {"part": "device memory used (nvidia-smi's view) vs total", "estimate": est.total,
-                 "measured": clock.device_used}]
-            for c in out["compare"]:
-                c["ratio"] = c["measured"] / c["estimate"] if c["estimate"] else None
+            out.update(compare(est, baseline, clock.resident, clock.peak, clock.reserved, clock.device_used))
         return out
 
     def generate_row(self, row: Row, model_path: str) -> dict:
@@ -428,6 +429,7 @@ def main(argv: list[str] | None = None) -> int:
               "budget_s": args.budget_s, "environment": {**_environment(torch), "work_dir": str(check.work)},
               "rows": [], "timings": check.timings}
     check.timings["imports"] = time.perf_counter() - t0
+    print(json.dumps(report["environment"]), flush=True)  # in the log even if the run is cut short
     try:
         for row_id in wanted:
             row = known[row_id]

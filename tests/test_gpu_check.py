@@ -61,12 +61,66 @@ def test_a_failing_row_is_recorded_and_the_rest_still_run(check_run):
     assert md in proc.stdout  # the table is printed too
 
 
-def test_rows_are_skipped_when_the_budget_runs_out(monkeypatch):
+@pytest.fixture(scope="module")
+def gpu_check():
+    """The script as a module (importing it runs nothing and imports no torch)."""
     spec = importlib.util.spec_from_file_location("gpu_check", SCRIPT)
-    gpu_check = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, "gpu_check", gpu_check)  # dataclasses look their module up there
-    spec.loader.exec_module(gpu_check)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["gpu_check"] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    yield module
+    del sys.modules["gpu_check"]
+
+
+def test_rows_are_skipped_when_the_budget_runs_out(gpu_check):
     row = gpu_check.ROWS[0]
     assert gpu_check.fits_budget(row, row.need_s + gpu_check.BUILD_S, built=set())
     assert not gpu_check.fits_budget(row, row.need_s + gpu_check.BUILD_S - 1, built=set())
     assert gpu_check.fits_budget(row, row.need_s, built={row.model})  # its model is already built
+
+
+@pytest.mark.slow
+def test_cuda_peaks_are_put_beside_each_part_and_tabled(gpu_check, check_run):
+    """The CUDA branch's arithmetic and table, fed what a GPU would report (none exists here)."""
+    from paligemma_cli.engine import memory
+    from paligemma_cli.engine.presets import preset_config
+
+    est = memory.estimate(preset_config("google/paligemma-3b-pt-448"),
+                          memory.TrainSetup(max_length=12, answer_tokens=5))
+    resident = est.weights_quantized + est.weights_unquantized + est.kbit_upcast + est.lora
+    base = 3 * 1024 ** 2  # left allocated by an earlier row: not this row's
+    got = gpu_check.compare(est, base, base + resident, base + 2 * (est.total - est.overhead),
+                            reserved=est.total, device_used=est.total // 2)
+    parts = {c["part"].split(" (")[0]: c for c in got["compare"]}
+    assert parts["resident before step 1"]["ratio"] == 1.0
+    assert parts["peak allocated"]["ratio"] == 2.0
+    assert parts["step peak above resident"]["measured"] == 2 * (est.total - est.overhead) - resident
+    assert parts["device memory used"]["ratio"] == pytest.approx(0.5, abs=1e-9)
+    _, report, _ = check_run
+    row = {**report["rows"][0], **got, "estimate": {**est.to_dict(), "allocated": est.total - est.overhead}}
+    line = next(x for x in gpu_check.markdown({**report, "rows": [row]}).splitlines() if x.startswith("| train"))
+    cells = line.split(" | ")
+    assert cells[5] == "2.00"
+    assert cells[4] == f"{gpu_check._size(2 * (est.total - est.overhead))} / {gpu_check._size(est.total - est.overhead)}"
+
+
+@pytest.mark.parametrize("name", ["google/paligemma-3b-pt-224", "google/paligemma2-3b-pt-448"])
+def test_the_models_it_builds_have_the_real_shapes(name):
+    """What the GPU check trains is the preset's architecture, parameter for parameter (built on the
+    meta device: no memory), with the real processor geometry and vocabulary size."""
+    import torch
+    from transformers import PaliGemmaForConditionalGeneration
+
+    from paligemma_cli.engine import memory
+    from paligemma_cli.engine.presets import VOCAB, preset_config
+    from paligemma_cli.engine.tiny import config_from_spec
+
+    spec = preset_config(name)
+    config, processor = config_from_spec(spec)
+    with torch.device("meta"):
+        model = PaliGemmaForConditionalGeneration(config)
+    assert {n: tuple(p.shape) for n, p in model.named_parameters()} == {p.name: p.shape for p in memory.layout(spec)}
+    # Gemma's 256,000 tokens + <image> + 1024 <loc> + 128 <seg>, as the published tokenizer has
+    assert len(processor.tokenizer) == 257_153 <= VOCAB == config.text_config.vocab_size
+    assert processor.image_seq_length == memory.image_tokens(spec) == config.text_config.num_image_tokens
+    assert processor.tokenizer.convert_ids_to_tokens(config.image_token_index) == "<image>"

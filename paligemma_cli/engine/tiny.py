@@ -128,24 +128,16 @@ def ensure_tiny(variant: str = "tiny") -> Path:
     return target
 
 
-def build_from_config(spec: dict, out_dir: Path, *, device: str = "cpu", seed: int = 0) -> Path:
-    """Write a randomly initialised PaliGemma shaped by `spec` (a config.json-shaped dict, as
-    `engine.presets.preset_config` returns) with a processor at its image size and a tokenizer
-    padded to its vocabulary: a real checkpoint's shapes with nothing downloaded.
-
-    The weights are drawn on `device` in the checkpoint's dtype (a 3B model draws in a second on a
-    GPU, minutes on a CPU) and saved as safetensors, so `engine.model.load_model` loads and
-    quantises them exactly as it does a downloaded checkpoint.
-    """
-    import torch
-    from transformers import (Gemma2Config, GemmaConfig, PaliGemmaConfig, PaliGemmaForConditionalGeneration,
-                              SiglipVisionConfig)
+def config_from_spec(spec: dict):
+    """(PaliGemmaConfig, processor) for `spec`, a config.json-shaped dict as
+    `engine.presets.preset_config` returns: the processor at the spec's image size, its tokenizer
+    padded so that <image>, 1024 <loc> and 128 <seg> end inside the spec's vocabulary."""
+    from transformers import Gemma2Config, GemmaConfig, PaliGemmaConfig, SiglipVisionConfig
 
     text, vision = dict(spec["text_config"]), dict(spec["vision_config"])
     vocab = text["vocab_size"]
-    # The padded vocabulary ends with 1024 <loc>, 128 <seg> and <image>, then up to 63 spare rows.
-    base = (vocab - 1024 - 128 - 1) // 64 * 64
-    processor = build_processor(vision["image_size"], vision["patch_size"], base)
+    # The padded vocabulary ends with <image>, 1024 <loc> and 128 <seg>, then up to 63 spare rows.
+    processor = build_processor(vision["image_size"], vision["patch_size"], (vocab - 1024 - 128 - 1) // 64 * 64)
     if len(processor.tokenizer) > vocab:
         raise ValueError(f"tokenizer has {len(processor.tokenizer)} tokens, more than vocab_size {vocab}")
     text_cls = Gemma2Config if text.pop("model_type", "gemma") == "gemma2" else GemmaConfig
@@ -159,6 +151,21 @@ def build_from_config(spec: dict, out_dir: Path, *, device: str = "cpu", seed: i
     config.text_config.vocab_size = vocab
     tied = bool(spec.get("tie_word_embeddings", True))
     config.tie_word_embeddings = config.text_config.tie_word_embeddings = tied
+    return config, processor
+
+
+def build_from_config(spec: dict, out_dir: Path, *, device: str = "cpu", seed: int = 0) -> Path:
+    """Write a randomly initialised PaliGemma shaped by `spec` (see `config_from_spec`): a real
+    checkpoint's shapes, processor and vocabulary size with nothing downloaded.
+
+    The weights are drawn on `device` in the spec's dtype (a 3B model draws in a second on a GPU,
+    minutes on a CPU) and saved as safetensors, so `engine.model.load_model` loads and quantises
+    them exactly as it does a downloaded checkpoint.
+    """
+    import torch
+    from transformers import PaliGemmaForConditionalGeneration
+
+    config, processor = config_from_spec(spec)
     dtype = {"bfloat16": torch.bfloat16, "float16": torch.float16}.get(spec.get("torch_dtype"), torch.float32)
     torch.manual_seed(seed)
     default = torch.get_default_dtype()
