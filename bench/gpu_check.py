@@ -43,7 +43,6 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import math
 import os
 import platform
 import sys
@@ -55,6 +54,8 @@ from pathlib import Path
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from paligemma_cli.engine.events import Events  # noqa: E402  (light: no torch, no transformers)
 
 MODELS = {"pg1-224": "google/paligemma-3b-pt-224", "pg1-448": "google/paligemma-3b-pt-448",
           "pg2-448": "google/paligemma2-3b-pt-448"}
@@ -113,24 +114,21 @@ def compare(est, baseline: int, resident: int, peak: int, reserved: int, device_
                         for part, e, m in rows]}
 
 
-class Clock:
-    """`Events` for engine.train: step times, and on CUDA the memory around the steps."""
+class Clock(Events):
+    """`Events` for engine.train: step times, losses, and on CUDA the memory around the steps."""
 
     def __init__(self, cuda: bool):
-        from paligemma_cli.engine.events import Events
-
-        class _Events(Events):
-            def train_start(inner, total_steps, start_step, info):
-                self.on_start()
-
-            def train_step(inner, step, metrics):
-                self.on_step(metrics)
-
-        self.events, self.cuda = _Events(), cuda
+        self.cuda = cuda
         self.started = None
         self.steps: list[float] = []
         self.losses: list[float] = []
         self.resident = self.peak = self.reserved = self.device_used = None
+
+    def train_start(self, total_steps, start_step, info) -> None:
+        self.on_start()
+
+    def train_step(self, step, metrics) -> None:
+        self.on_step(metrics)
 
     def on_start(self) -> None:
         import torch
@@ -267,12 +265,12 @@ class Check:
         baseline = self._baseline()
         clock = Clock(self.cuda)
         start = time.perf_counter()
-        result = train(run, clock.events)
+        result = train(run, clock)
         end = time.perf_counter()
         warm = min(self.args.warmup, len(clock.steps) - 1)
         steady = clock.steps[-1] - clock.steps[warm - 1] if warm > 0 else clock.steps[-1] - clock.started
         samples_per_s = BATCH * (len(clock.steps) - warm) / max(steady, 1e-9)
-        out = {"steps": result.global_step, "final_loss": result.final_loss, **geo,
+        out = {"steps": result.global_step, "final_loss": result.final_loss, "losses": clock.losses, **geo,
                "samples_per_s": samples_per_s, "tokens_per_s": samples_per_s * geo["tokens_per_example"],
                "timings": {"load_s": clock.started - start, "first_steps_s": clock.steps[warm - 1] - clock.started
                            if warm > 0 else 0.0, "steady_steps_s": steady, "save_s": end - clock.steps[-1]},

@@ -31,6 +31,7 @@ def test_rows_run_through_pgms_engine_and_sit_beside_the_estimate(check_run):
     assert [r["row"] for r in report["rows"]] == ROWS
     train = report["rows"][0]
     assert train["status"] == "ok" and train["steps"] == 2 and math.isfinite(train["final_loss"])
+    assert len(train["losses"]) == 2
     assert train["samples_per_s"] > 0 and train["tokens_per_s"] > train["samples_per_s"]
     # 32 px / patch 8 = 16 image tokens; the estimate describes the very batch trained on
     assert train["image_tokens"] == 16 and train["seq_len"] > 16
