@@ -84,9 +84,12 @@ ROWS = [Row("train", "pg1-224", "4bit", 40), Row("train", "pg1-448", "4bit", 50)
         Row("train", "pg1-448", "8bit", 70)]
 
 
-def fits_budget(row: Row, seconds_left: float, built: set[str]) -> bool:
-    """Whether `row` (plus its model's build, if not built yet) fits in the time left."""
-    return seconds_left >= row.need_s + (0 if row.model in built else BUILD_S)
+def fits_budget(row: Row, seconds_left: float, built: set[str], observed: dict[str, float] | None = None) -> bool:
+    """Whether `row` (plus its model's build, if not built yet) fits in the time left. `observed`:
+    the longest build / train / generate seen so far in this run, which overrides a lower guess."""
+    seen = observed or {}
+    build = 0 if row.model in built else max(BUILD_S, seen.get("build", 0))
+    return seconds_left >= max(row.need_s, seen.get(row.kind, 0)) + build
 
 
 def tiny_spec(preset: dict) -> dict:
@@ -172,7 +175,7 @@ class Check:
         self.dirs: dict[str, Path] = {}
         self.data: dict[int, Path] = {}
         self.timings: dict[str, float] = {}
-        self.geometry: dict[str, dict] = {}
+        self.observed: dict[str, float] = {}  # longest build / train / generate so far (s)
 
     def spec(self, model: str) -> dict:
         from paligemma_cli.engine.presets import preset_config
@@ -192,6 +195,7 @@ class Check:
             self.dirs[model] = build_from_config(spec, self.work / model, device="cuda" if self.cuda else "cpu")
             self._free()
             self.timings[f"build {model}"] = time.perf_counter() - start
+            self.observed["build"] = max(self.observed.get("build", 0), self.timings[f"build {model}"])
         return self.dirs[model]
 
     def train_file(self, model: str) -> Path:
@@ -244,7 +248,10 @@ class Check:
 
     def run_row(self, row: Row) -> dict:
         model_path = str(self.work / "missing-model") if row.id == self.args.break_row else str(self.model_dir(row.model))
-        return self.train_row(row, model_path) if row.kind == "train" else self.generate_row(row, model_path)
+        start = time.perf_counter()  # after the build: what a row of this kind takes
+        out = self.train_row(row, model_path) if row.kind == "train" else self.generate_row(row, model_path)
+        self.observed[row.kind] = max(self.observed.get(row.kind, 0), time.perf_counter() - start)
+        return out
 
     def train_row(self, row: Row, model_path: str) -> dict:
         from paligemma_cli.config import build_run
@@ -432,7 +439,7 @@ def main(argv: list[str] | None = None) -> int:
         for row_id in wanted:
             row = known[row_id]
             left = args.budget_s - (time.perf_counter() - t0)
-            if not fits_budget(row, left, set(check.dirs)):
+            if not fits_budget(row, left, set(check.dirs), check.observed):
                 entry = {"row": row.id, "status": "skipped", "reason": f"budget: {left:.0f} s left"}
             else:
                 start = time.perf_counter()

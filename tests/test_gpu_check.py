@@ -78,6 +78,9 @@ def test_rows_are_skipped_when_the_budget_runs_out(gpu_check):
     assert gpu_check.fits_budget(row, row.need_s + gpu_check.BUILD_S, built=set())
     assert not gpu_check.fits_budget(row, row.need_s + gpu_check.BUILD_S - 1, built=set())
     assert gpu_check.fits_budget(row, row.need_s, built={row.model})  # its model is already built
+    # a row of the same kind that ran longer than the guess raises what the next one needs
+    assert not gpu_check.fits_budget(row, row.need_s, built={row.model}, observed={"train": row.need_s + 1})
+    assert gpu_check.fits_budget(row, row.need_s, built={row.model}, observed={"generate": row.need_s + 1})
 
 
 @pytest.mark.slow
