@@ -6,8 +6,9 @@ Run:  python bench/gpu_check.py --out DIR [--budget-s 420] [--steps 10] [--rows 
 Needs no hub and no network. For google/paligemma-3b-pt-224, -448 and paligemma2-3b-pt-448 it builds
 a randomly initialised PaliGemma with the real configuration (pgm's shipped presets,
 engine/presets.py) directly on the GPU in bf16, with the real processor at the real image size and
-a tokenizer padded to the real 257,216-row vocabulary (engine/tiny.py `build_from_config`), saves
-it as safetensors and loads it back through pgm's own `load_model`, quantised, as a user's run does.
+a tokenizer of the published size (Gemma's 256,000 tokens padded out, + <image>, 1024 <loc>, 128
+<seg>: 257,153 in the 257,216-row vocabulary; engine/tiny.py `build_from_config`), saves it as
+safetensors and loads it back through pgm's own `load_model`, quantised, as a user's run does.
 Data: pgm's synthetic scenes rendered at the model's resolution, as a `--train-file` JSONL of
 one-word VQA answers, so every batch has the same shape and the estimate describes the very batch
 measured. Rows (each fails soft: an error is recorded as its line and the script goes on):
@@ -30,12 +31,16 @@ On a GPU machine: `make install TORCH_SPEC="torch --index-url https://download.p
 where the machine has network. Without network (the lent H200s have none), carry wheels: pgm's
 training path needs torch (CUDA), transformers >= 5, peft, accelerate, bitsandbytes (its wheel
 carries the CUDA 11.8-13.2 kernels), tokenizers, safetensors, sentencepiece, pillow, numpy, pyyaml,
-matplotlib, psutil (datasets, rapidfuzz, pycocoevalcap, typer and rich are not imported by this
-script). The H200 image already has all of them but bitsandbytes, so there:
+matplotlib, psutil, typer, rich (datasets, rapidfuzz, pycocoevalcap and wandb are not imported: the
+--tiny run passes with them hidden). The H200 image already has all of them but bitsandbytes
+(torch 2.11 cu130, transformers 5.17, huggingface_hub 1.33: --tiny passes with those transformers
+and hub versions), so:
   pip download --no-deps --only-binary=:all: --python-version 3.12 --platform manylinux_2_24_x86_64 \\
-      -d .whl bitsandbytes==0.50.2                      # here, 43 MB
-  python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl   # there, then
-  PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1 python3 bench/gpu_check.py --out $OUT --budget-s 420
+      -d .whl bitsandbytes==0.50.2                      # here, into the git-ignored .whl/ (43 MB)
+  python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl && \\
+      PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1 python3 bench/gpu_check.py --out $OUT --budget-s 420
+(the second line there, carrying .whl, with a command time limit of about --budget-s + 120 s: a run cut
+short still leaves the finished rows in $OUT).
 """
 
 from __future__ import annotations
