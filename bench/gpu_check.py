@@ -107,6 +107,19 @@ def tiny_spec(preset: dict) -> dict:
     return {**preset, "text_config": text, "vision_config": vision, "projection_dim": 64}
 
 
+def estimate_for(spec: dict, model_id: str, quantization: str, geo: dict):
+    """`engine.memory.estimate` for the batch measured (its text tokens and answer positions), and
+    the `pgm memory-estimate` arguments that print the same numbers for the preset `model_id`."""
+    from paligemma_cli.engine import memory
+
+    setup = memory.TrainSetup(batch_size=BATCH, max_length=geo["seq_len"] - geo["image_tokens"],
+                              quantization=quantization, compute_dtype="bf16", answer_tokens=geo["answer_positions"])
+    command = ["memory-estimate", "--model-path", model_id, "--batch-size", str(BATCH), "--max-length",
+               str(setup.max_length), "--answer-tokens", str(setup.answer_tokens), "--quantization", quantization,
+               "--json"]
+    return memory.estimate(spec, setup), command
+
+
 def compare(est, baseline: int, resident: int, peak: int, reserved: int, device_used: int) -> dict:
     """Measured CUDA memory (bytes; `baseline` allocated before the row) beside the estimate's parts."""
     resident, peak = resident - baseline, peak - baseline
@@ -260,7 +273,6 @@ class Check:
 
     def train_row(self, row: Row, model_path: str) -> dict:
         from paligemma_cli.config import build_run
-        from paligemma_cli.engine import memory
         from paligemma_cli.engine.train import train
 
         geo = self.batch_geometry(row.model, model_path)
@@ -270,10 +282,7 @@ class Check:
                          "logging_steps": 1, "save_steps": self.args.steps + 1, "lr_scheduler": "constant",
                          "warmup_ratio": 0.0, "output_dir": str(self.work / "runs" / row.id.replace(":", "-")),
                          "overwrite": True})
-        setup = memory.TrainSetup(batch_size=BATCH, max_length=geo["seq_len"] - geo["image_tokens"],
-                                  quantization=row.quantization, compute_dtype="bf16",
-                                  answer_tokens=geo["answer_positions"])
-        est = memory.estimate(self.spec(row.model), setup)
+        est, command = estimate_for(self.spec(row.model), MODELS[row.model], row.quantization, geo)
         baseline = self._baseline()
         clock = Clock(self.cuda)
         start = time.perf_counter()
@@ -288,9 +297,7 @@ class Check:
                            if warm > 0 else 0.0, "steady_steps_s": steady, "save_s": end - clock.steps[-1]},
                "estimate": {**est.to_dict(), "allocated": est.total - est.overhead}}
         if not self.args.tiny:  # the same numbers from the CLI (--tiny's shapes have no preset)
-            out["estimate_command"] = (f"pgm memory-estimate --model-path {MODELS[row.model]} --batch-size {BATCH} "
-                                       f"--max-length {setup.max_length} --answer-tokens {setup.answer_tokens} "
-                                       f"--quantization {row.quantization} --json")
+            out["estimate_command"] = "pgm " + " ".join(command)
         if self.cuda:
             out.update(compare(est, baseline, clock.resident, clock.peak, clock.reserved, clock.device_used))
         return out

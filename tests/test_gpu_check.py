@@ -108,6 +108,22 @@ def test_cuda_peaks_are_put_beside_each_part_and_tabled(gpu_check, check_run):
     assert cells[4] == f"{gpu_check._size(2 * (est.total - est.overhead))} / {gpu_check._size(est.total - est.overhead)}"
 
 
+@pytest.mark.parametrize("model,quantization", [("pg1-448", "4bit"), ("pg2-448", "8bit")])
+def test_the_estimate_it_reports_is_what_memory_estimate_prints(gpu_check, model, quantization):
+    from typer.testing import CliRunner
+
+    from paligemma_cli.cli import app
+    from paligemma_cli.engine.presets import preset_config
+
+    name = gpu_check.MODELS[model]
+    geo = {"seq_len": 1038, "image_tokens": 1024, "answer_positions": 5}
+    est, command = gpu_check.estimate_for(preset_config(name), name, quantization, geo)
+    result = CliRunner().invoke(app, command, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["estimate"] == json.loads(json.dumps(est.to_dict()))  # tuples as lists
+    assert est.seq_len == 1038 and est.answer_positions == 5 and est.setup.quantization == quantization
+
+
 @pytest.mark.parametrize("name", ["google/paligemma-3b-pt-224", "google/paligemma2-3b-pt-448"])
 def test_the_models_it_builds_have_the_real_shapes(name):
     """What the GPU check trains is the preset's architecture, parameter for parameter (built on the
