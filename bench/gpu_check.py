@@ -440,10 +440,11 @@ def main(argv: list[str] | None = None) -> int:
     if not args.tiny and not torch.cuda.is_available():
         print("Error: no CUDA device here. Run with --tiny to check the script on CPU.", file=sys.stderr)
         return 1
+    environment = _environment(torch)  # imports transformers: before the work dir exists to be left behind
     check = Check(args)
     report = {"command": " ".join(["python", "bench/gpu_check.py"] + (argv if argv is not None else sys.argv[1:])),
               "tiny": args.tiny, "steps": args.steps, "warmup": min(args.warmup, args.steps - 1),
-              "budget_s": args.budget_s, "environment": {**_environment(torch), "work_dir": str(check.work)},
+              "budget_s": args.budget_s, "environment": {**environment, "work_dir": str(check.work)},
               "rows": [], "timings": check.timings}
     check.timings["imports"] = time.perf_counter() - t0
     print(json.dumps(report["environment"]), flush=True)  # in the log even if the run is cut short
