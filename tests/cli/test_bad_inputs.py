@@ -440,6 +440,18 @@ def _(i):
                 ["--mode 'fancy' is not a merge method", "Supported: linear"])
 
 
+@case("merge: unknown METHOD")
+def _(i):
+    return Case(["merge", "fancy", "--base-model", "tiny", *adapters(i), "-o", i.tmp / "m"],
+                ["METHOD 'fancy' is not a merge method", "Supported: linear"])
+
+
+@case("merge: METHOD and --mode disagree")
+def _(i):
+    return Case(["merge", "ties", "--mode", "linear", "--base-model", "tiny", *adapters(i), "-o", i.tmp / "m"],
+                ["METHOD 'ties' and --mode 'linear' disagree", "Give the method once"])
+
+
 @case("merge: --density out of range")
 def _(i):
     return Case(["merge", "--base-model", "tiny", *adapters(i), "-o", i.tmp / "m", "--density", "1.5"],
