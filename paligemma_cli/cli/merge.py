@@ -13,8 +13,8 @@ from paligemma_cli.cli._ui import console, err_console, is_interactive, quiet_li
 from paligemma_cli.errors import PgmError
 from paligemma_cli.merge.catalog import METHOD_INFO
 
-# One line per method (<= 56 characters: one line at 80 columns) for --help and a bare `pgm merge`; merge/catalog.py holds the full definitions
-# (README's table too). A test keeps the keys equal to METHOD_INFO's.
+# One line per method for --help and a bare `pgm merge`, <= 56 characters so each fits 80 columns.
+# merge/catalog.py holds the full definitions (README's table too); a test keeps the keys in step.
 BRIEF = {
     "linear": "weighted average of the full weights",
     "task_arithmetic": "base + lambda x weighted sum of the task vectors",
