@@ -100,7 +100,8 @@ def predict_command(
     elif output is None or len(predictions) <= TABLE_ROWS:
         _table(predictions)
     if output is not None and not as_json:
-        console.print(f"Wrote {len(predictions)} answers to {output}", highlight=False, soft_wrap=True)
+        n = len(predictions)
+        console.print(f"Wrote {n} answer{'' if n == 1 else 's'} to {output}", highlight=False, soft_wrap=True)
 
 
 def _box(b) -> str:

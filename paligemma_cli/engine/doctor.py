@@ -206,9 +206,11 @@ def check_gpus(opts: DoctorOptions) -> list[Check]:
         elif not bf16:
             status, fix = WARN, "No bf16: pgm computes in fp16 here (--compute-dtype auto)."
         advice = _fit_advice(opts.model_path, free)
+        commands: tuple[str, ...] = ()
         if advice:
             status, fix = WARN, (fix + " " if fix else "") + advice
-        checks.append(Check(f"GPU {i}", status, detail, fix))
+            commands = (f"pgm memory-estimate --model-path {opts.model_path} --gpu-memory {free / GiB:.0f}GB",)
+        checks.append(Check(f"GPU {i}", status, detail, fix, commands))
     return checks
 
 
@@ -224,8 +226,7 @@ def _fit_advice(model_path: str, free: int) -> str:
     effective = setup.batch_size * TrainConfig.gradient_accumulation_steps
     plan = memory.fit(config, setup, free, effective_batch=effective)
     then = f"use {plan.flags()}" if plan.fits else plan.reason
-    return (f"{model_path} with the default settings needs ~{_gib(need)}; {then} "
-            f"(`pgm memory-estimate --gpu-memory {free / GiB:.0f}GB`).")
+    return f"{model_path} with the default settings needs ~{_gib(need)}; {then}. See what fits with:"
 
 
 def check_bitsandbytes(opts: DoctorOptions) -> list[Check]:

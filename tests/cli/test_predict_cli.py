@@ -129,4 +129,4 @@ def test_output_is_not_replaced_without_overwrite(synthetic_data, tmp_path):
     result = pgm("predict", "--model-path", "tiny", image, "-o", out, "--overwrite")
     assert result.exit_code == 0, result.output
     assert json_lines(out.read_text())[0]["image"] == str(image)
-    assert f"Wrote 1 answers to {out}" in " ".join(result.output.split())
+    assert f"Wrote 1 answer to {out}" in " ".join(result.output.split())

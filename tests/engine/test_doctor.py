@@ -109,7 +109,8 @@ def test_gpu_details_and_bf16(monkeypatch):
 def test_gpu_too_small_for_the_defaults_says_what_fits(monkeypatch):
     fake_gpu(monkeypatch, "NVIDIA GeForce RTX 3060", 8, 6, 12, 11.5)
     check = doctor.check_gpus(opts(model_path="google/paligemma-3b-pt-896"))[0]  # ~21 GiB at batch 4
-    assert check.status == WARN and "--batch-size" in check.fix and "memory-estimate" in check.fix
+    assert check.status == WARN and "--batch-size" in check.fix
+    assert check.commands == ("pgm memory-estimate --model-path google/paligemma-3b-pt-896 --gpu-memory 12GB",)
 
 
 # --- bitsandbytes ------------------------------------------------------------------------------
