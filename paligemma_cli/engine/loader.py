@@ -83,13 +83,11 @@ class LengthGroupedSampler(EpochSampler):
         return get_length_grouped_indices(self.lengths, self.batch_size, generator=self._generator())
 
 
-def text_lengths(tokenizer, texts: list[str], chunk: int = 10_000) -> list[int]:
-    """Token counts of `texts` by the fast tokenizer in batches (~1 s per 100k short texts)."""
-    out: list[int] = []
-    for start in range(0, len(texts), chunk):
-        ids = tokenizer(texts[start:start + chunk], add_special_tokens=False)["input_ids"]
-        out.extend(len(row) for row in ids)
-    return out
+def approx_token_counts(texts: Sequence[str]) -> list[int]:
+    """A cheap stand-in for token counts: words plus digits (Gemma's tokenizer splits numbers digit
+    by digit). Grouping needs lengths that sort like the real ones, not the real ones: this takes
+    under 2 s for VQAv2's 443k questions on one busy core, where the fast tokenizer took minutes."""
+    return [len(text.split()) + sum(map(str.isdigit, text)) for text in texts]
 
 
 class WorkerSeed:

@@ -136,17 +136,16 @@ def _numerical_fault(value: float, what: str, step: int, detail: str, out: Path)
         "(use --compute-dtype bf16 or fp32), or a bad example. " + _kept_checkpoint(out))
 
 
-def _train_loader(run: TrainRun, task, dataset, collator, processor, processes: int, events: Events):
+def _train_loader(run: TrainRun, task, dataset, collator, processes: int, events: Events):
     """The training DataLoader (workers, sampler) and its sampler; says which it chose."""
-    from paligemma_cli.engine.loader import (EpochSampler, LengthGroupedSampler, make_loader, resolve_workers,
-                                             text_lengths)
+    from paligemma_cli.engine.loader import (EpochSampler, LengthGroupedSampler, approx_token_counts, make_loader,
+                                             resolve_workers)
     from paligemma_cli.engine.model import device_kind
 
     cfg = run.train
     grouped = task.group_by_length if cfg.group_by_length is None else cfg.group_by_length
-    if grouped:  # lengths from the fast tokenizer in batches: ~1 s per 100k examples
-        sampler = LengthGroupedSampler(text_lengths(processor.tokenizer, dataset.length_texts()),
-                                       cfg.batch_size, cfg.seed)
+    if grouped:
+        sampler = LengthGroupedSampler(approx_token_counts(dataset.length_texts()), cfg.batch_size, cfg.seed)
     else:
         sampler = EpochSampler(len(dataset), cfg.seed)
     workers = resolve_workers(run.data.dataloader_workers, processes)
@@ -212,7 +211,7 @@ def train(run: TrainRun, events: Events | None = None) -> TrainResult:
 
     dataset = TrainingSet(task, train_examples, cfg.seed)
     collator = TrainCollator(processor, run.data.max_length or task.max_length)
-    loader, sampler = _train_loader(run, task, dataset, collator, processor, accelerator.num_processes, events)
+    loader, sampler = _train_loader(run, task, dataset, collator, accelerator.num_processes, events)
     optimizer = _make_optimizer(run, [p for p in model.parameters() if p.requires_grad])
     model, loader = accelerator.prepare(model, loader)
 
