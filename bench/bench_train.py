@@ -1,7 +1,7 @@
 """`pgm train` throughput and padding: fixed max_length padding vs pad-to-longest vs pgm's pipeline.
 
-Run: .venv/bin/python bench/bench_train.py [--examples 512] [--steps 30] [--batch-size 8] [--image-size 448]
-                                          [--repeats 2]
+Run: .venv/bin/python bench/bench_train.py [--examples 512] [--steps 25] [--batch-size 16] [--image-size 448]
+                                          [--repeats 3]
 
 Writes a synthetic DocVQA-like set in the official layout: answers of 1 to 40 tokens, most short
 and a long tail as in DocVQA (60% 1-4 tokens, 30% 5-15, 10% 16-40), questions of 3 to 14
@@ -120,11 +120,11 @@ def run_pgm(prefix: list[str], data: Path, out: Path, args, extra: list[str]) ->
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--examples", type=int, default=512)
-    parser.add_argument("--steps", type=int, default=30)
-    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--steps", type=int, default=25)
+    parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--logging-steps", type=int, default=5)
     parser.add_argument("--image-size", type=int, default=448)
-    parser.add_argument("--repeats", type=int, default=2, help="Runs of each pipeline; the fastest is kept.")
+    parser.add_argument("--repeats", type=int, default=3, help="Runs of each pipeline; the fastest is kept.")
     args = parser.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")  # one torch thread per process on a shared machine
     os.environ["PYTHONPATH"] = os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])

@@ -96,7 +96,7 @@ class DataConfig:
         "(e.g. 'answer en {question}')."))
     dataloader_workers: int | None = field(default=None, metadata=opt(
         "Processes that decode images and build batches while the model computes (0 = in the main "
-        "process); default: the CPUs per training process minus one, at most 8.", min=0))
+        "process); default: the CPUs per training process minus one, at most 8 (0 off Linux).", min=0))
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import random
+import sys
 from typing import Any, Callable, Sequence
 
 from paligemma_cli.errors import PgmError
@@ -32,9 +33,15 @@ def available_cpus() -> int:
 
 
 def resolve_workers(requested: int | None, processes: int = 1) -> int:
-    """--dataloader-workers, or by default the CPUs each training process can spare, less one for itself."""
+    """--dataloader-workers, or by default the CPUs each training process can spare, less one for itself.
+
+    The default is 0 off Linux: workers there start by spawn and would have to pickle the
+    examples (a hub data set's image loaders cannot be).
+    """
     if requested is not None:
         return requested
+    if not sys.platform.startswith("linux"):
+        return 0
     return max(0, min(MAX_AUTO_WORKERS, available_cpus() // max(1, processes) - 1))
 
 
@@ -86,7 +93,7 @@ class LengthGroupedSampler(EpochSampler):
 def approx_token_counts(texts: Sequence[str]) -> list[int]:
     """A cheap stand-in for token counts: words plus digits (Gemma's tokenizer splits numbers digit
     by digit). Grouping needs lengths that sort like the real ones, not the real ones: this takes
-    under 2 s for VQAv2's 443k questions on one busy core, where the fast tokenizer took minutes."""
+    under 2 s for VQAv2's 443k questions on one busy core, where the fast tokenizer took over a minute."""
     return [len(text.split()) + sum(map(str.isdigit, text)) for text in texts]
 
 
@@ -123,6 +130,8 @@ def make_loader(dataset, *, batch_size: int, collate_fn: Callable, workers: int,
     kwargs: dict[str, Any] = {}
     if workers > 0:
         kwargs = dict(persistent_workers=persistent, worker_init_fn=WorkerSeed(seed), prefetch_factor=2)
+        if sys.platform.startswith("linux"):  # fork, also where Python's default becomes forkserver (3.14)
+            kwargs["multiprocessing_context"] = "fork"
     return torch.utils.data.DataLoader(dataset, batch_size=batch_size, sampler=sampler, shuffle=False,
                                        collate_fn=collate_fn, num_workers=workers, drop_last=False,
                                        pin_memory=pin_memory, generator=torch.Generator().manual_seed(seed),
