@@ -160,7 +160,7 @@ def train(run: TrainRun, events: Events | None = None) -> TrainResult:
     """Run `pgm train`: load data and model, train with LoRA, checkpoint, evaluate, save the adapter."""
     from paligemma_cli.data.sources import load_examples
     from paligemma_cli.engine.batches import TrainCollator, TrainingSet, to_device, truncated_rows
-    from paligemma_cli.engine.loader import check_batch, resolve_workers
+    from paligemma_cli.engine.loader import batch_error, resolve_workers
     from paligemma_cli.engine.loss import answer_loss
     from paligemma_cli.engine.model import (attach_lora, device_kind, load_model, load_processor,
                                             resolve_compute_dtype, resolve_model_path)
@@ -307,8 +307,10 @@ def train(run: TrainRun, events: Events | None = None) -> TrainResult:
             epoch_loader.set_epoch(state.epoch)
             pos = skip
             for batch in epoch_loader:
-                check_batch(batch, "Fix or remove that file and its questions, then rerun with --resume. "
-                            + _kept_checkpoint(out))
+                failed = batch_error(batch)
+                if failed:  # an image a worker could not read: the run stops, its checkpoints stay
+                    resume = " with --resume" if latest_checkpoint(out) else ""
+                    raise PgmError(failed.message, f"{failed.hint} Then rerun{resume}. {_kept_checkpoint(out)}")
                 truncated += truncated_rows(batch, processor.tokenizer.eos_token_id)
                 window_tokens += batch["attention_mask"].numel()
                 window_padded += int((batch["attention_mask"] == 0).sum())
