@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).parent
-ALL = ["metrics", "generate", "merge"]
+ALL = ["metrics", "generate", "train", "merge"]
 
 if __name__ == "__main__":
     chosen = sys.argv[1:] or ALL
