@@ -1,7 +1,9 @@
 """`make bench`: run every benchmark in bench/ in turn (each prints its own side-by-side table).
 
 The merge benchmark writes ~12 GB of synthetic 3B-shaped checkpoints to a temp dir and takes
-minutes; pass names to run a subset: `python bench/run_all.py metrics generate`.
+minutes; the scoring benchmark writes ~2.5 GB of official-format JSON (GQA val at its real size) and
+the official GQA loop it runs beside pgm peaks at ~11 GB of RAM. Pass names to run a subset:
+`python bench/run_all.py metrics generate`.
 """
 
 import subprocess
@@ -9,7 +11,7 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).parent
-ALL = ["metrics", "generate", "train", "merge"]
+ALL = ["metrics", "generate", "train", "merge", "scoring"]
 
 if __name__ == "__main__":
     chosen = sys.argv[1:] or ALL

@@ -74,7 +74,8 @@ def eval_command(
 
         values["model_path"] = adapter_base_model(adapter)  # the base it was trained on
     run = build_run({**values, "task": t.name, "eval_split": split})
-    quiet_libraries()
+    if predictions is None:  # scoring a file loads no model: keep transformers' 1.5 s import out of it
+        quiet_libraries()
     from paligemma_cli.cli.progress import RichEvents
     from paligemma_cli.engine.evaluate import run_evaluation, write_eval_outputs
     from paligemma_cli.engine.outputs import prepare_output_dir, record_written

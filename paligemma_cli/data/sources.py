@@ -14,6 +14,7 @@ from typing import Any, Callable
 from paligemma_cli.config import DataConfig
 from paligemma_cli.errors import PgmError
 from paligemma_cli.tasks import Example, Task
+from paligemma_cli.tasks.records import paused_gc
 
 
 def split_for(task: Task, data: DataConfig, role: str) -> str:
@@ -38,7 +39,8 @@ def load_examples(task: Task, data: DataConfig, role: str, *, check_images: bool
             raise PgmError(f"--data-root {root} is not a folder.",
                            f"Expected the official {task.name} layout: {task.layout(split)}.")
         try:
-            examples = task.load_official(root, split, data.prompt)[:limit]
+            with paused_gc():
+                examples = task.load_official(root, split, data.prompt)[:limit]
         except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:  # a field of the wrong shape
             detail = f"no field {exc}" if isinstance(exc, KeyError) else str(exc)
             raise PgmError(f"The {task.name} {split} files in {root} do not have the official schema ({detail}).",

@@ -3,7 +3,8 @@
 A task file (one per data set) subclasses `Task` and fills in the official on-disk loader, the
 hub-row mapping, the training target, the official result format, the scorer and the writer of
 synthetic data. The three data sources (official layout, hub dataset, JSONL) all end as a list of
-`Example`s whose images are loaded only when a batch needs them.
+examples whose images are loaded only when a batch needs them: `Example`s, or for the official
+files compact `Record`s (tasks/records.py) with the same attributes.
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ class Task:
     eval_split: str = "val"
     headline: str = "accuracy"  # the metric `--eval-steps` tracks (higher is better)
     id_key: str = "question_id"  # id field of the official result format
+    id_type: type = int  # what the official files' ids are (results may write them as strings)
     answer_key: str = "answer"  # answer field of the official result format
     hf_id: str = ""
     hf_splits: dict[str, str] = {}
@@ -113,9 +115,9 @@ class Task:
         return f"Got keys [{shown}]; is --task right?"
 
     def normalise_id(self, value: Any) -> Hashable:
-        """Ids as the official files hold them: ints for VQAv2, DocVQA and COCO (GQA overrides: str)."""
+        """Ids as the official files hold them: ints for VQAv2, DocVQA and COCO (GQA: str)."""
         try:
-            return int(value)
+            return self.id_type(value)
         except (TypeError, ValueError):
             return value
 
@@ -134,28 +136,6 @@ class Task:
 
 
 # ----- helpers the task files share ----------------------------------------------------------
-
-def read_json(path: Path, what: str) -> Any:
-    """Read an official JSON file, naming it (and the fix) in any error."""
-    if not path.exists():
-        raise PgmError(f"Expected {what} at {path}, but it does not exist.",
-                       "Check --data-root and the split name; `pgm data layout TASK` shows the expected files.")
-    try:
-        with open(path, encoding="utf-8") as fh:
-            return json.load(fh)
-    except json.JSONDecodeError as exc:
-        raise PgmError(f"{path} is not valid JSON (line {exc.lineno}).",
-                       "Re-download or re-extract the file.") from None
-    except OSError as exc:
-        raise PgmError(f"Cannot read {path}: {exc.strerror}.", "Check its permissions.") from None
-
-
-def require_keys(obj: Any, keys: Sequence[str], where: str) -> None:
-    if not isinstance(obj, dict) or any(k not in obj for k in keys):
-        have = sorted(obj) if isinstance(obj, dict) else type(obj).__name__
-        raise PgmError(f"{where} does not have the expected fields {list(keys)} (has {have}).",
-                       "Is this the right file for the task?")
-
 
 def write_json(path: Path, obj: Any) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)

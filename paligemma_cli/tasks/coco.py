@@ -2,12 +2,49 @@
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
-from typing import Any, Hashable, Sequence
+from typing import Any, Hashable, Optional, Sequence
+
+import msgspec
 
 from paligemma_cli.data.synthetic import make_scenes, render_scene, save_image
 from paligemma_cli.errors import PgmError
-from paligemma_cli.tasks.base import Example, Score, Task, first_present, read_json, require_keys, write_json
+from paligemma_cli.tasks.base import Example, Score, Task, first_present, write_json
+from paligemma_cli.tasks.records import Record, RecordKind, decode_json
+
+
+# Only the fields pgm uses; msgspec skips the rest (licenses, sizes, tokens, ...).
+class _Image(msgspec.Struct, gc=False):
+    id: int
+    file_name: str
+
+
+class _Caption(msgspec.Struct, gc=False):
+    image_id: int
+    caption: str
+
+
+class _CaptionsFile(msgspec.Struct):
+    images: list[_Image]
+    annotations: list[_Caption]
+
+
+class _Sentence(msgspec.Struct, gc=False):
+    raw: str
+
+
+class _KarpathyImage(msgspec.Struct, gc=False):
+    filepath: str
+    filename: str
+    split: str
+    sentences: list[_Sentence]
+    cocoid: Optional[int] = None
+    imgid: Optional[int] = None
+
+
+class _KarpathyFile(msgspec.Struct):
+    images: list[_KarpathyImage]
 
 KARPATHY = {"karpathy-train": ("train", "restval"), "karpathy-val": ("val",), "karpathy-test": ("test",)}
 
@@ -34,24 +71,20 @@ class COCOCaptions(Task):
     def training_target(self, example: Example, rng) -> str:
         return rng.choice(example.answers)
 
-    def load_official(self, root: Path, split: str, template: str | None = None) -> list[Example]:
-        prefix = self.prefix(None, template)
+    def load_official(self, root: Path, split: str, template: str | None = None) -> list[Record]:
+        prefix_of = partial(self.prefix, template=template)
         if split in KARPATHY:
-            path = root / "dataset_coco.json"
-            data = read_json(path, "the Karpathy split file")
-            require_keys(data, ["images"], str(path))
-            return [Example(id=int(im.get("cocoid", im.get("imgid"))), image=root / im["filepath"] / im["filename"],
-                            prefix=prefix, answers=[s["raw"] for s in im["sentences"]], meta={})
-                    for im in data["images"] if im["split"] in KARPATHY[split]]
-        path = root / "annotations" / f"captions_{split}.json"
-        data = read_json(path, "the COCO captions file")
-        require_keys(data, ["images", "annotations"], str(path))
+            images = decode_json(root / "dataset_coco.json", "the Karpathy split file", _KarpathyFile).images
+            kind = RecordKind(root, "{}", prefix_of, (None, None, None))
+            return [Record(im.cocoid if im.cocoid is not None else im.imgid, None, [s.raw for s in im.sentences],
+                           f"{im.filepath}/{im.filename}", None, kind)
+                    for im in images if im.split in KARPATHY[split]]
+        data = decode_json(root / "annotations" / f"captions_{split}.json", "the COCO captions file", _CaptionsFile)
         captions: dict[int, list[str]] = {}
-        for ann in data["annotations"]:
-            captions.setdefault(ann["image_id"], []).append(ann["caption"])
-        return [Example(id=im["id"], image=root / split / im["file_name"], prefix=prefix,
-                        answers=captions.get(im["id"], []), meta={"file_name": im["file_name"]})
-                for im in data["images"]]
+        for ann in data.annotations:
+            captions.setdefault(ann.image_id, []).append(ann.caption)
+        kind = RecordKind(root / split, "{}", prefix_of, (None, "file_name", None))
+        return [Record(im.id, None, captions.get(im.id, []), im.file_name, None, kind) for im in data.images]
 
     def from_hf_row(self, row: dict[str, Any], index: int, template: str | None) -> Example:
         captions = first_present(row, ["captions", "sentences", "answer", "caption"], self.hf_id)

@@ -2,11 +2,27 @@
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 from typing import Any, Hashable, Sequence
 
+import msgspec
+
 from paligemma_cli.data.synthetic import make_scenes, render_document, save_image
-from paligemma_cli.tasks.base import Example, Score, Task, first_present, read_json, require_keys, write_json
+from paligemma_cli.tasks.base import Example, Score, Task, first_present, write_json
+from paligemma_cli.tasks.records import Record, RecordKind, decode_json
+
+
+class _Item(msgspec.Struct, gc=False):
+    questionId: int
+    question: str
+    image: str  # relative to the annotation file: documents/<name>.png
+    answers: list[str] = []
+    docId: Any = None
+
+
+class _Annotations(msgspec.Struct):
+    data: list[_Item]
 
 
 class DocVQA(Task):
@@ -35,18 +51,11 @@ class DocVQA(Task):
     def training_target(self, example: Example, rng) -> str:
         return rng.choice(example.answers)
 
-    def load_official(self, root: Path, split: str, template: str | None = None) -> list[Example]:
+    def load_official(self, root: Path, split: str, template: str | None = None) -> list[Record]:
         path = self.annotation_file(root, split)
-        data = read_json(path, "the DocVQA annotation file")
-        require_keys(data, ["data"], str(path))
-        examples = []
-        for item in data["data"]:
-            require_keys(item, ["questionId", "question", "image"], f"{path} entry")
-            examples.append(Example(
-                id=int(item["questionId"]), image=path.parent / item["image"],
-                prefix=self.prefix(item["question"], template), answers=list(item.get("answers", [])),
-                meta={"question": item["question"], "docId": item.get("docId")}))
-        return examples
+        items = decode_json(path, "the DocVQA annotation file", _Annotations).data
+        kind = RecordKind(path.parent, "{}", partial(self.prefix, template=template), ("question", None, "docId"))
+        return [Record(item.questionId, item.question, item.answers, item.image, item.docId, kind) for item in items]
 
     def from_hf_row(self, row: dict[str, Any], index: int, template: str | None) -> Example:
         question = first_present(row, ["question"], self.hf_id)

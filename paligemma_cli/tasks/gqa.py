@@ -2,11 +2,61 @@
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
-from typing import Any, Hashable, Sequence
+from sys import intern
+from typing import Any, Hashable, Optional, Sequence, TypedDict
+
+import msgspec
 
 from paligemma_cli.data.synthetic import make_scenes, render_scene, save_image
-from paligemma_cli.tasks.base import Example, Score, Task, first_present, read_json, require_keys, write_json
+from paligemma_cli.tasks.base import Example, Score, Task, first_present, write_json
+from paligemma_cli.tasks.records import LazyObjects, Record, RecordKind, decode_json
+
+
+# Only the fields pgm uses; msgspec skips the rest of each question (programs, annotations, ...).
+class _Question(msgspec.Struct, gc=False):
+    imageId: str
+    question: str
+    answer: Optional[str] = None
+
+
+class _Answer(msgspec.Struct, gc=False):
+    """What consistency reads of the 2.0 M questions of val_all_questions.json."""
+    answer: Optional[str] = None
+    isBalanced: bool = True
+
+
+def _full(question: dict | _Answer | None) -> dict:
+    """A question as gqa_metrics reads it (a dict), from either file's decoded entry."""
+    if question is None:
+        return {}
+    if isinstance(question, _Answer):
+        return {"answer": question.answer, "isBalanced": question.isBalanced}
+    return question
+
+
+class _Types(TypedDict, total=False):
+    structural: str
+    semantic: str
+    detailed: str
+
+
+_Groups = TypedDict("_Groups", {"global": Optional[str]}, total=False)  # "global" is a keyword
+
+
+class _Scored(TypedDict, total=False):
+    """What gqa_metrics reads of a question (a dict, as in the official file)."""
+    answer: str
+    isBalanced: bool
+    entailed: list[str]
+    types: _Types
+    groups: _Groups
+
+
+class _Choices(TypedDict):
+    valid: list[str]
+    plausible: list[str]
 
 
 class GQA(Task):
@@ -18,6 +68,7 @@ class GQA(Task):
     train_split = "train"
     eval_split = "testdev"
     id_key, answer_key = "questionId", "prediction"
+    id_type = str
     hf_id = ""  # no hub table ships GQA questions and images together; see README for the schema
 
     def balanced_file(self, root: Path, split: str) -> Path:
@@ -30,34 +81,35 @@ class GQA(Task):
     def training_target(self, example: Example, rng) -> str:
         return example.answers[0]
 
-    def _example(self, qid: str, q: dict, root: Path, template: str | None) -> Example:
-        return Example(id=str(qid), image=root / "images" / f"{q['imageId']}.jpg",
-                       prefix=self.prefix(q["question"], template),
-                       answers=[q["answer"]] if "answer" in q else [],
-                       meta={"question": q["question"], "image_id": q["imageId"]})
-
-    def load_official(self, root: Path, split: str, template: str | None = None) -> list[Example]:
-        path = self.balanced_file(root, split)
-        data = read_json(path, "the GQA balanced questions file")
-        if not isinstance(data, dict):
-            require_keys(data, ["<questionId>"], str(path))
-        examples = []
-        for qid, q in data.items():
-            require_keys(q, ["imageId", "question"], f"{path} question {qid}")
-            examples.append(self._example(qid, q, root, template))
-        return examples
+    def load_official(self, root: Path, split: str, template: str | None = None) -> list[Record]:
+        questions = decode_json(self.balanced_file(root, split), "the GQA balanced questions file",
+                                dict[str, _Question])
+        kind = RecordKind(root / "images", "{}.jpg", partial(self.prefix, template=template), ("question", "image_id"))
+        # Image ids repeat (~6 questions per image): one shared str each.
+        return [Record(qid, q.question, [intern(q.answer)] if q.answer is not None else [], intern(q.imageId),
+                       None, kind) for qid, q in questions.items()]
 
     def load_score_extra(self, root: Path | None, split: str) -> dict[str, Any]:
-        """The question set scored (all questions when present: consistency needs them) and choices."""
+        """The question set scored (all questions when present: consistency needs them) and choices.
+
+        val_all_questions.json has 2.0 M questions (~1.5 GB), of which scoring reads the balanced
+        ones (from the balanced file, with what gqa_metrics reads of them) and the answers of those
+        they entail: from the all-questions file only `answer` and `isBalanced` are decoded. The
+        choices stay raw JSON per entry until scoring asks for one.
+        """
         if root is None:
             return {}
-        extra: dict[str, Any] = {}
+        balanced = decode_json(self.balanced_file(root, split), "the GQA balanced questions file",
+                               dict[str, _Scored])
         all_q = root / f"{split}_all_questions.json"
-        extra["questions"] = read_json(all_q if all_q.exists() else self.balanced_file(root, split),
-                                       "the GQA questions file")
+        questions: dict[str, Any] = balanced
+        if all_q.exists():
+            questions = decode_json(all_q, "the GQA all-questions file", dict[str, _Answer])
+            questions.update(balanced)  # in place: the all-questions file's order stays
+        extra: dict[str, Any] = {"questions": questions}
         choices = root / f"{split}_choices.json"
         if choices.exists():
-            extra["choices"] = read_json(choices, "the GQA choices file")
+            extra["choices"] = LazyObjects(choices, "the GQA choices file", _Choices)
         return extra
 
     def from_hf_row(self, row: dict[str, Any], index: int, template: str | None) -> Example:
@@ -66,9 +118,6 @@ class GQA(Task):
         qid = row.get("questionId", row.get("question_id", row.get("id", index)))
         return Example(id=str(qid), image=None, prefix=self.prefix(question, template), answers=[str(answer)],
                        meta={"question": question})
-
-    def normalise_id(self, value: Any) -> Hashable:
-        return str(value)
 
     def score(self, predictions: dict[Hashable, str], examples: Sequence[Example],
               extra: dict[str, Any]) -> Score:
@@ -82,18 +131,24 @@ class GQA(Task):
             notes.append("Without the official questions file every question is scored as open.")
         else:
             wanted = {ex.id for ex in examples}
-            # Score the evaluated balanced questions plus whatever they entail.
-            keep = set(wanted)
-            for qid in wanted:
-                keep.update(str(e) for e in questions.get(qid, {}).get("entailed", []))
-            questions = {qid: q for qid, q in questions.items()
-                         if qid in keep and (qid in wanted or not q.get("isBalanced", True))}
+            # The evaluated balanced questions plus the unbalanced ones they entail, in file order
+            # as the official loop walks them.
+            entailed = {str(e) for qid in wanted for e in _full(questions.get(qid)).get("entailed", ())}
+            kept = {}
+            for qid in filter((wanted | entailed).__contains__, questions):  # C-speed walk of 2.0 M ids
+                q = _full(questions[qid])
+                if qid in wanted or not q.get("isBalanced", True):
+                    kept[qid] = q
+            questions = kept
             unpredicted = sum(1 for qid in questions if qid not in wanted and qid not in predictions)
             if unpredicted:
                 notes.append(f"{unpredicted} questions entailed by the evaluated ones have no prediction and "
                              "count as wrong in consistency (the official score needs predictions for "
                              "all of <split>_all_questions.json).")
-        result = gqa_metrics(predictions, questions, choices=extra.get("choices"))
+        choices = extra.get("choices")
+        if isinstance(choices, LazyObjects):  # decode the balanced questions' entries only (gqa_metrics names a missing one)
+            choices = choices.decode_some(qid for qid, q in questions.items() if q.get("isBalanced", True))
+        result = gqa_metrics(predictions, questions, choices=choices)
         per = {k: v / 100.0 for k, v in result["per_question"].items()}
         if result["entailed_missing"]:
             notes.append(f"{result['entailed_missing']} entailed questions are not in the scored question "

@@ -3,12 +3,42 @@
 from __future__ import annotations
 
 import random
+from functools import partial
 from pathlib import Path
+from sys import intern
 from typing import Any, Hashable, Sequence
+
+import msgspec
 
 from paligemma_cli.data.synthetic import NUMBER_WORDS, make_scenes, render_scene, save_image
 from paligemma_cli.errors import PgmError
-from paligemma_cli.tasks.base import Example, Score, Task, first_present, read_json, require_keys, write_json
+from paligemma_cli.tasks.base import Example, Score, Task, first_present, write_json
+from paligemma_cli.tasks.records import Record, RecordKind, decode_json
+
+
+# Only the fields pgm uses; msgspec skips the rest of each entry without building Python objects.
+class _Question(msgspec.Struct, gc=False):
+    question_id: int
+    image_id: int
+    question: str
+
+
+class _Questions(msgspec.Struct):
+    questions: list[_Question]
+
+
+class _Answer(msgspec.Struct, gc=False):
+    answer: str
+
+
+class _Annotation(msgspec.Struct, gc=False):
+    question_id: int
+    answers: list[_Answer]
+    answer_type: str = "other"
+
+
+class _Annotations(msgspec.Struct):
+    annotations: list[_Annotation]
 
 
 def _image_split(split: str) -> str:
@@ -19,6 +49,11 @@ def _image_split(split: str) -> str:
 def _image_dirs(root: Path, split: str) -> list[Path]:
     img = _image_split(split)
     return [root / img, root / "images" / img, root / "Images" / "mscoco" / img, root / "coco" / img]
+
+
+def _answer_type(example: Example | Record) -> str | None:
+    # A Record keeps it in `info`; building its meta dict per question would cost a dict each.
+    return example.info if isinstance(example, Record) else example.meta.get("answer_type")
 
 
 class VQAv2(Task):
@@ -49,39 +84,26 @@ class VQAv2(Task):
         # As big_vision's VQAv2 transfer does: one of the ten human answers, drawn at random.
         return rng.choice(example.answers)
 
-    def load_official(self, root: Path, split: str, template: str | None = None) -> list[Example]:
-        qdata = read_json(self.questions_file(root, split), "the VQAv2 questions file")
-        require_keys(qdata, ["questions"], str(self.questions_file(root, split)))
-        afile = self.annotations_file(root, split)
-        annotations: dict[int, dict] = {}
+    def load_official(self, root: Path, split: str, template: str | None = None) -> list[Record]:
+        qfile, afile = self.questions_file(root, split), self.annotations_file(root, split)
+        questions = decode_json(qfile, "the VQAv2 questions file", _Questions).questions
+        answers: dict[int, _Annotation] = {}
         if afile.exists() or not split.startswith("test"):
-            adata = read_json(afile, "the VQAv2 annotations file")
-            require_keys(adata, ["annotations"], str(afile))
-            for a in adata["annotations"]:
-                require_keys(a, ["question_id", "answers"], f"{afile} entry")
-            annotations = {a["question_id"]: a for a in adata["annotations"]}
+            answers = {a.question_id: a for a in decode_json(afile, "the VQAv2 annotations file", _Annotations).annotations}
         img = _image_split(split)
         image_dir = next((d for d in _image_dirs(root, split) if d.is_dir()), _image_dirs(root, split)[0])
-        examples = []
-        for q in qdata["questions"]:
-            require_keys(q, ["question_id", "image_id", "question"], f"{self.questions_file(root, split)} entry")
-            if not isinstance(q["image_id"], int):
-                raise PgmError(f"{self.questions_file(root, split)}: question {q['question_id']} has image_id "
-                               f"{q['image_id']!r}, not a number.", "Is this the right file for the task?")
-            ann = annotations.get(q["question_id"])
-            if annotations and ann is None:
-                raise PgmError(f"Question {q['question_id']} has no annotation in {afile}.",
+        kind = RecordKind(image_dir, f"COCO_{img}_{{:012d}}.jpg", partial(self.prefix, template=template),
+                          ("question", "image_id", "answer_type"))
+        records = []
+        for q in questions:
+            ann = answers.get(q.question_id)
+            if answers and ann is None:
+                raise PgmError(f"Question {q.question_id} has no annotation in {afile}.",
                                "The questions and annotations files must be of the same split.")
-            answers = [a["answer"] for a in ann["answers"]] if ann else []
-            examples.append(Example(
-                id=q["question_id"],
-                image=image_dir / f"COCO_{img}_{q['image_id']:012d}.jpg",
-                prefix=self.prefix(q["question"], template),
-                answers=answers,
-                meta={"question": q["question"], "image_id": q["image_id"],
-                      "answer_type": ann.get("answer_type", "other") if ann else None},
-            ))
-        return examples
+            # Answer strings repeat massively ("yes", "2"): one shared str each keeps 443k questions small.
+            records.append(Record(q.question_id, q.question, [intern(a.answer) for a in ann.answers] if ann else [],
+                                  q.image_id, intern(ann.answer_type) if ann else None, kind))
+        return records
 
     def from_hf_row(self, row: dict[str, Any], index: int, template: str | None) -> Example:
         question = first_present(row, ["question"], self.hf_id)
@@ -97,8 +119,7 @@ class VQAv2(Task):
               extra: dict[str, Any]) -> Score:
         from paligemma_cli.metrics.vqa import vqa_accuracy
 
-        references = {ex.id: {"answers": ex.answers, "answer_type": ex.meta.get("answer_type") or "other"}
-                      for ex in examples}
+        references = {ex.id: {"answers": ex.answers, "answer_type": _answer_type(ex) or "other"} for ex in examples}
         result = vqa_accuracy(predictions, references, always_normalize=bool(extra.get("always_normalize")))
         metrics = {"accuracy": result["accuracy"], "per_answer_type": result["per_answer_type"]}
         per = {k: v / 100.0 for k, v in result["per_question"].items()}

@@ -138,7 +138,7 @@ def _(i):
 def _(i):
     data = i.copy()
     (data / VQA_Q).write_text(json.dumps({"images": []}))
-    return Case(train(i, data=data), [VQA_Q, "expected fields ['questions']", "right file"])
+    return Case(train(i, data=data), [VQA_Q, "no field 'questions'", "right file"])
 
 
 @case("train: official entries have the wrong schema")
@@ -165,7 +165,7 @@ def _(i):
     content["annotations"] = [{"image_id": a["image_id"], "text": a["caption"]} for a in content["annotations"]]
     captions.write_text(json.dumps(content))
     return Case(["train", "coco", *TINY, "--data-root", data, "--output-dir", i.tmp / "out"],
-                ["coco train2017 files", "do not have the official schema (no field 'caption')", "captions_train2017.json"])
+                ["captions_train2017.json", "official schema", "no field 'caption' at $.annotations[0]"])
 
 
 @case("train: official file unreadable (a folder)")
