@@ -38,8 +38,6 @@ sys.path.insert(0, str(REPO / "bench"))
 
 import msgspec  # noqa: E402
 
-from bench_metrics import _variant, _vqa_vocabulary, _zipf, literal_vqa_accuracy  # noqa: E402
-
 SIZES = {"vqav2": 214_354, "gqa": (132_062, 2_011_853), "docvqa": 5_349, "coco": (5_000, 25_014),
          "vqav2-train": 443_757, "gqa-train": 943_000, "coco-train": (118_287, 591_753)}
 GOALS = {"vqav2": (5.0, None), "gqa": (15.0, 4.0)}  # seconds, GB (issue #10)
@@ -66,6 +64,10 @@ class Writer:
 # ----- data in the official formats ---------------------------------------------------------------
 
 def write_vqav2(root: Path, split: str, n: int, rng: random.Random) -> Path:
+    # Imported here: bench_metrics puts this checkout first on sys.path, which the --load children
+    # of another checkout (--before) must not get.
+    from bench_metrics import _variant, _vqa_vocabulary, _zipf
+
     vocab = _vqa_vocabulary(rng)
     info = '{"info": {"description": "synthetic VQAv2"}, "license": {}, "data_subtype": "%s", ' % split
     questions = Writer(root / f"v2_OpenEnded_mscoco_{split}_questions.json",
@@ -179,6 +181,8 @@ def write_coco(root: Path, split: str, n_images: int, n_captions: int, rng: rand
 
 def official_vqav2(root: Path, split: str, results: Path) -> dict:
     """vqa.py + vqaEval.py: json.load of all three files, index by question id, the literal loop."""
+    from bench_metrics import literal_vqa_accuracy
+
     questions = json.load(open(root / f"v2_OpenEnded_mscoco_{split}_questions.json"))
     annotations = json.load(open(root / f"v2_mscoco_{split}_annotations.json"))
     qa = {ann["question_id"]: ann for ann in annotations["annotations"]}

@@ -94,6 +94,9 @@ class DataConfig:
     prompt: str | None = field(default=None, metadata=opt(
         "Prompt template overriding the task's PaliGemma prompt; {question} is replaced "
         "(e.g. 'answer en {question}')."))
+    dataloader_workers: int | None = field(default=None, metadata=opt(
+        "Processes that decode images and build batches while the model computes (0 = in the main "
+        "process); default: the CPUs per training process minus one, at most 8 (0 off Linux).", min=0))
     skip_image_check: bool = field(default=False, metadata=opt(
         "Skip the check, before the first step, that every image file the run uses exists and "
         "opens (cached in PGM_HOME by path, size and mtime, so reruns are quick). "
@@ -134,6 +137,9 @@ class TrainConfig:
         "Allow an output dir that already holds files pgm did not write."))
     resume: bool = field(default=False, metadata=opt(
         "Continue from the latest checkpoint in --output-dir."))
+    group_by_length: bool | None = field(default=None, metadata=opt(
+        "Batch examples of similar token length (shuffled in mega-batches from --seed), so padding "
+        "wastes little; default on for docvqa and coco (long, mixed answers), off for vqav2 and gqa."))
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ from paligemma_cli.cli import doctor as doctor_cmd
 from paligemma_cli.cli import eval as eval_cmd
 from paligemma_cli.cli import memory as memory_cmd
 from paligemma_cli.cli import merge as merge_cmd
+from paligemma_cli.cli import predict as predict_cmd
 from paligemma_cli.cli import train as train_cmd
 from paligemma_cli.cli._ui import edge
 
@@ -53,6 +54,7 @@ app.command("eval", help=eval_cmd.HELP)(edge(eval_cmd.eval_command))
 app.command("doctor", help=doctor_cmd.HELP)(edge(doctor_cmd.doctor))
 app.command("memory-estimate", help=memory_cmd.HELP)(edge(memory_cmd.memory_estimate))
 app.command("merge", help=merge_cmd.HELP)(edge(merge_cmd.merge))
+app.command("predict", help=predict_cmd.HELP)(edge(predict_cmd.predict_command))
 
 
 def main() -> None:

@@ -9,8 +9,11 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+from rich import box
 from rich.markup import escape
+from rich.padding import Padding
 from rich.table import Table
+from rich.text import Text
 
 from paligemma_cli.cli._options import command_with, parameters_for
 from paligemma_cli.cli._ui import console, is_interactive
@@ -18,7 +21,8 @@ from paligemma_cli.config import DEFAULT_MODEL, DataConfig, EvalConfig, LoraConf
 from paligemma_cli.errors import PgmError
 
 HELP = ("Check Python, packages, torch/CUDA, GPUs, bitsandbytes (a real NF4 matmul), the Hugging Face "
-        "login, disk, Java, CoreNLP, W&B and accelerate; each non-passing line says the fix. "
+        "login, disk, Java, CoreNLP, W&B and accelerate: a table of the checks, then each WARN/FAIL "
+        "with its fix and the commands to run, one per line (--json: the same as data). "
         "`--error FILE|-` diagnoses a pasted traceback or log instead. Exit 1 if anything fails.")
 STYLE = {"PASS": "green", "WARN": "yellow", "FAIL": "red"}
 _SHARED = ("model_path", "output_dir", "batch_size", "gradient_accumulation_steps")
@@ -63,17 +67,34 @@ def doctor(
 
 
 def _print_checks(checks) -> None:
-    table = Table(show_header=True, header_style="bold", expand=False)
-    table.add_column("Check", no_wrap=True)
-    table.add_column("Status", no_wrap=True)
-    table.add_column("Detail", overflow="fold")
-    table.add_column("Fix", overflow="fold")
+    """A compact table (one row per check), then each WARN/FAIL in full with its commands.
+
+    The finding is cut to the row at narrow widths (the full text follows for problems, and
+    `--json` has all); fixes wrap at word boundaries, and each command is printed on its own
+    line, never wrapped by rich, so it can be copied whole.
+    """
+    name_width = max(len(c.name) for c in checks)
+    natural = name_width + len("Status") + max(len(c.detail) for c in checks) + 6  # + column gaps
+    table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, header_style="bold",
+                  width=min(console.width, natural))
+    table.add_column("Check", no_wrap=True, width=name_width)
+    table.add_column("Status", no_wrap=True, width=len("Status"))
+    table.add_column("Finding", no_wrap=True, overflow="ellipsis", ratio=1)  # the rest of the width
     for c in checks:
-        table.add_row(escape(c.name), f"[{STYLE[c.status]}]{c.status}[/]", escape(c.detail), escape(c.fix))
+        table.add_row(escape(c.name), f"[{STYLE[c.status]}]{c.status}[/]", escape(c.detail))
     console.print(table, highlight=False)
     counts = {s: sum(c.status == s for c in checks) for s in STYLE}
-    summary = ", ".join(f"[{STYLE[s]}]{n} {s}[/]" for s, n in counts.items())
-    console.print(summary, highlight=False)
+    console.print(", ".join(f"[{STYLE[s]}]{n} {s}[/]" for s, n in counts.items()), highlight=False)
+    problems = [c for c in checks if c.status != "PASS"]
+    if problems:
+        console.print()
+    for c in problems:
+        console.print(f"[bold {STYLE[c.status]}]{c.status}[/] [bold]{escape(c.name)}[/]: {escape(c.detail)}",
+                      highlight=False)
+        if c.fix:
+            console.print(Padding(Text(c.fix), (0, 0, 0, 2)), highlight=False)
+        for command in c.commands:
+            console.print(Text(f"    {command}", style="cyan"), soft_wrap=True, highlight=False)
 
 
 def _read_log(source: str) -> str:

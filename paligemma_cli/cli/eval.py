@@ -28,7 +28,8 @@ Examples:
 def _params():
     model = [field_parameter(f, "Model") for f in fields(ModelConfig) if f.name != "gradient_checkpointing"]
     data = [field_parameter(f, "Data") for f in fields(DataConfig)
-            if f.name in ("data_root", "hf_dataset", "eval_file", "max_eval_samples", "prompt")]
+            if f.name in ("data_root", "hf_dataset", "eval_file", "max_eval_samples", "prompt",
+                         "dataloader_workers")]
     return model + data
 
 

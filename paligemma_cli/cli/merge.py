@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 from pathlib import Path
 from typing import List, Optional
 
@@ -12,14 +13,28 @@ from paligemma_cli.cli._ui import console, err_console, is_interactive, quiet_li
 from paligemma_cli.errors import PgmError
 from paligemma_cli.merge.catalog import METHOD_INFO
 
-_METHODS_HELP = "\n\n".join(f"[bold]{m.name}[/]: {m.summary}" for m in METHOD_INFO.values())
+# One line per method for --help and a bare `pgm merge`, <= 56 characters so each fits 80 columns.
+# merge/catalog.py holds the full definitions (README's table too); a test keeps the keys in step.
+BRIEF = {
+    "linear": "weighted average of the full weights",
+    "task_arithmetic": "base + lambda x weighted sum of the task vectors",
+    "ties": "trim to --density, elect signs, mean of agreeing entries",
+    "dare_ties": "random drop to --density and rescale, then TIES signs",
+    "dare_linear": "random drop to --density and rescale, weighted sum",
+    "magnitude_prune": "trim to --density, weighted sum (TIES without signs)",
+    "layerswap": "whole decoder layers from one model per --layers range",
+    "slerp": "spherical interpolation of exactly two models",
+}
+METHOD_LINES = "\n".join(f"  {name:<16} {BRIEF[name]}" for name in METHOD_INFO)
+USAGE = "pgm merge METHOD --base-model B --model A --model C -o OUT"
 
 _PARAGRAPHS = (
     "Merge fine-tuned PaliGemmas (full model folders or LoRA adapters, mixed freely) into one.",
+    "METHOD (or --mode METHOD, the original tool's flag; default ties):",
+    METHOD_LINES,
     "Every method works on task vectors of the full weights, tau_i = theta_i - theta_base; for an "
     "adapter tau = B·A·alpha/r on each target module (rank_pattern, alpha_pattern and rsLoRA "
-    "respected). Methods (--mode, default ties):",
-    _METHODS_HELP,
+    "respected). README.md's Merging section defines each method exactly.",
     "Not PEFT's add_weighted_adapter: that trims, drops and elects signs on the LoRA factors A and B "
     "separately, so its 'ties' of two adapters is not TIES on their weight changes B·A. Here the "
     "change of every module is merged as a whole, as in the TIES and DARE papers and mergekit.",
@@ -28,17 +43,20 @@ _PARAGRAPHS = (
     "with --output-format adapter (adapters only), a LoRA of rank --rank fitted by truncated SVD, "
     "with the relative error per module.",
     "Examples:",
-    "  pgm merge --base-model google/paligemma-3b-pt-224 --model-a runs/vqav2 --model-b runs/coco "
-    "--output merged --mode ties --density 0.3",
-    "  pgm merge --base-model tiny --model a --model b --model c --weight 1 --weight 0.5 --weight 0.5 "
-    "--mode dare_ties --seed 7 -o merged",
-    "  pgm merge --base-model tiny --model a --model b --mode task_arithmetic --output-format adapter "
+    "  pgm merge ties --base-model google/paligemma-3b-pt-224 --model runs/vqav2 --model runs/coco "
+    "--density 0.3 -o merged",
+    "  pgm merge dare_ties --base-model tiny --model a --model b --model c --weight 1 --weight 0.5 "
+    "--weight 0.5 --seed 7 -o merged",
+    "  pgm merge task_arithmetic --base-model tiny --model a --model b --output-format adapter "
     "--rank 16 -o merged-lora",
 )
 HELP = "\n\n".join(_PARAGRAPHS)
 
 
 def merge(
+    method: Optional[str] = typer.Argument(
+        None, metavar="METHOD", show_default=False,
+        help=f"Merge method: {', '.join(METHOD_INFO)} (default ties)."),
     base_model: Optional[str] = typer.Option(
         None, "--base-model", help="The model every input was fine-tuned from: a folder, a hub id, or 'tiny'."),
     model: Optional[List[str]] = typer.Option(
@@ -46,7 +64,8 @@ def merge(
     model_a: Optional[str] = typer.Option(None, "--model-a", help="First model (merge_vlm.py's flag; goes before --model)."),
     model_b: Optional[str] = typer.Option(None, "--model-b", help="Second model (merge_vlm.py's flag)."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Folder to create with the merge."),
-    mode: str = typer.Option("ties", "--mode", help=f"Merge method: {', '.join(METHOD_INFO)}."),
+    mode: Optional[str] = typer.Option(
+        None, "--mode", help="The method as a flag (merge_vlm.py's spelling); same as METHOD."),
     weight: Optional[List[float]] = typer.Option(
         None, "--weight", "-w", help="Weight of each model, in model order (default 1 each)."),
     density: Optional[float] = typer.Option(
@@ -67,21 +86,45 @@ def merge(
         False, "--skip-base-check", help="Accept adapters whose recorded base differs from --base-model (e.g. a local copy)."),
 ) -> None:
     models = tuple(m for m in (model_a, model_b) if m) + tuple(model or ())
+    if method is None and mode is None and not models and base_model is None and output is None:
+        _list_methods()
+        raise typer.Exit(2)
+    method = _resolve_method(method, mode)
     missing = [f for f, v in (("--base-model", base_model), ("--output", output)) if not v]
     if missing:
         raise PgmError(f"{' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} required.",
-                       "Example: pgm merge --base-model tiny --model a --model b --output merged.")
+                       f"Example: pgm merge {method} --base-model tiny --model a --model b --output merged.")
     quiet_libraries()
     from paligemma_cli.merge.driver import MergeRequest
     from paligemma_cli.merge.driver import merge as run_merge
 
-    request = MergeRequest(base_model=base_model, models=models, output=output, mode=mode,
+    request = MergeRequest(base_model=base_model, models=models, output=output, mode=method,
                            weights=tuple(weight) if weight else None, density=density, lam=lam, seed=seed,
                            normalize=normalize, layers=layers, output_format=output_format, rank=rank,
                            overwrite=overwrite, check_base=not skip_base_check)
     with _progress() as progress:
         result = run_merge(request, progress)
     _report(result)
+
+
+def _resolve_method(method: str | None, mode: str | None) -> str:
+    """METHOD and --mode are one setting: either, or both alike; an unknown name lists the known."""
+    if method is not None and mode is not None and method != mode:
+        raise PgmError(f"METHOD {method!r} and --mode {mode!r} disagree.",
+                       f"Give the method once: pgm merge {method} ... (--mode is its old spelling).")
+    name, source = (method, "METHOD") if method is not None else (mode, "--mode")
+    if name is None:
+        return "ties"
+    if name not in METHOD_INFO:
+        close = difflib.get_close_matches(name, METHOD_INFO, n=1)
+        raise PgmError(f"{source} {name!r} is not a merge method{f' (did you mean {close[0]}?)' if close else ''}.",
+                       f"Supported: {', '.join(METHOD_INFO)}.")
+    return name
+
+
+def _list_methods() -> None:
+    console.print(f"Usage: {USAGE}\n\nMETHOD is one of:\n{METHOD_LINES}\n\n"
+                  "`pgm merge --help` lists every option.", highlight=False, markup=False)
 
 
 class _progress:

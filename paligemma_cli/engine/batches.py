@@ -2,7 +2,8 @@
 
 Training batches go through the processor with `suffix`, which is what makes labels: the prefix
 (image tokens, <bos>, prompt, "\\n") is masked with -100 and only suffix + <eos> is supervised.
-Generation batches carry no suffix, are left-padded, and drop labels.
+Generation batches carry no suffix, are left-padded, and drop labels. Both run inside DataLoader
+workers (see engine/loader.py): an image that fails to open becomes an error item, not an exception.
 """
 
 from __future__ import annotations
@@ -11,13 +12,19 @@ import random
 from typing import Any, Sequence
 
 from paligemma_cli.data.sources import open_image
+from paligemma_cli.engine.loader import failed_batch, failed_item
+from paligemma_cli.errors import PgmError
 from paligemma_cli.tasks import Example, Task
 
 IMAGE_TOKEN = "<image>"
 
 
 class TrainingSet:
-    """A map-style dataset of training items; the target is drawn per (seed, epoch, index)."""
+    """A map-style dataset of training items; the target is drawn per (seed, epoch, index).
+
+    Keys are indices or the (epoch, index) pairs the training samplers yield; a bare index uses
+    the epoch of `set_epoch` (which does not reach the copies in worker processes).
+    """
 
     def __init__(self, task: Task, examples: Sequence[Example], seed: int):
         self.task, self.examples, self.seed, self.epoch = task, examples, seed, 0
@@ -28,11 +35,19 @@ class TrainingSet:
     def __len__(self) -> int:
         return len(self.examples)
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
+    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
+        epoch, index = key if isinstance(key, tuple) else (self.epoch, key)
         ex = self.examples[index]
-        rng = random.Random(f"{self.seed}:{self.epoch}:{index}")  # reproducible across resumes
-        return {"image": open_image(ex.image), "prefix": ex.prefix,
-                "suffix": self.task.training_target(ex, rng)}
+        rng = random.Random(f"{self.seed}:{epoch}:{index}")  # reproducible across resumes
+        try:
+            image = open_image(ex.image)
+        except PgmError as exc:
+            return failed_item(exc)
+        return {"image": image, "prefix": ex.prefix, "suffix": self.task.training_target(ex, rng)}
+
+    def length_texts(self) -> list[str]:
+        """Per example, the text whose token count stands for its length (prompt + first answer)."""
+        return [f"{ex.prefix}\n{ex.answers[0] if ex.answers else ''}" for ex in self.examples]
 
 
 def image_seq_length(processor) -> int:
@@ -40,17 +55,25 @@ def image_seq_length(processor) -> int:
 
 
 class TrainCollator:
-    """Items -> processor batch with labels; counts examples whose answer got truncated."""
+    """Items -> processor batch with labels, answers cut at `max_length` (see `truncated_rows`).
 
-    def __init__(self, processor, max_length: int):
+    Rows are padded to the longest of the batch; `pad_to_max_length` pads every row to
+    `max_length` instead, as the original fine-tuning scripts do (bench/bench_train.py's baseline).
+    """
+
+    def __init__(self, processor, max_length: int, pad_to_max_length: bool = False):
         self.processor = processor
         self.max_tokens = image_seq_length(processor) + max_length
-        self.truncated = 0
+        self.padding = {"padding": "max_length", "max_length": self.max_tokens} if pad_to_max_length \
+            else {"padding": "longest"}
 
     def __call__(self, items: list[dict[str, Any]]) -> dict[str, Any]:
+        failed = failed_batch(items)
+        if failed:
+            return failed
         batch = dict(self.processor(
             text=[IMAGE_TOKEN + it["prefix"] for it in items], images=[it["image"] for it in items],
-            suffix=[it["suffix"] for it in items], padding="longest", return_tensors="pt"))
+            suffix=[it["suffix"] for it in items], return_tensors="pt", **self.padding))
         if batch["input_ids"].shape[1] > self.max_tokens:
             batch = self._truncate_answers(batch)
         return batch
@@ -71,8 +94,6 @@ class TrainCollator:
             real = batch["attention_mask"][r].bool()
             prefix_len = int((batch["token_type_ids"][r][real] == 0).sum())
             limit = max(self.max_tokens, prefix_len + 1)
-            if int(real.sum()) > limit:
-                self.truncated += 1
             rows.append({k: batch[k][r][real][:limit] for k in keys})
         width = max(len(row["input_ids"]) for row in rows)
         for k in keys:
@@ -81,14 +102,52 @@ class TrainCollator:
         return batch
 
 
+def truncated_rows(batch: dict[str, Any], eos_id: int) -> int:
+    """Rows whose answer was cut: left padding ends every whole row with <eos>, a cut one without.
+
+    (Counted from the batch, because the collator runs in worker processes.)
+    """
+    return int((batch["input_ids"][:, -1] != eos_id).sum())
+
+
 def generation_batch(processor, examples: Sequence[Example]) -> dict[str, Any]:
     """Left-padded prompts with images, no suffix (so no labels)."""
-    batch = processor(text=[IMAGE_TOKEN + ex.prefix for ex in examples],
-                      images=[open_image(ex.image) for ex in examples], padding="longest",
-                      return_tensors="pt")
-    batch = dict(batch)
+    return _prompt_batch(processor, [ex.prefix for ex in examples], [open_image(ex.image) for ex in examples])
+
+
+def _prompt_batch(processor, prefixes: list[str], images: list[Any]) -> dict[str, Any]:
+    batch = dict(processor(text=[IMAGE_TOKEN + p for p in prefixes], images=images, padding="longest",
+                           return_tensors="pt"))
     batch.pop("labels", None)
     return batch
+
+
+class PromptSet:
+    """Examples -> (image, prefix) items for generation; a failed image becomes an error item."""
+
+    def __init__(self, examples: Sequence[Example]):
+        self.examples = examples
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        ex = self.examples[index]
+        try:
+            return {"image": open_image(ex.image), "prefix": ex.prefix}
+        except PgmError as exc:
+            return failed_item(exc)
+
+
+class PromptCollator:
+    """(image, prefix) items -> a generation batch (see `generation_batch`), or the error batch."""
+
+    def __init__(self, processor):
+        self.processor = processor
+
+    def __call__(self, items: list[dict[str, Any]]) -> dict[str, Any]:
+        return failed_batch(items) or _prompt_batch(self.processor, [it["prefix"] for it in items],
+                                                    [it["image"] for it in items])
 
 
 def to_device(batch: dict[str, Any], model) -> dict[str, Any]:

@@ -16,6 +16,7 @@ import contextlib
 import dataclasses
 import io
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -32,6 +33,8 @@ CHECKED_PACKAGES = ("torch", "transformers", "peft", "bitsandbytes", "accelerate
 SECRET_VARS = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "WANDB_API_KEY")
 CORENLP_JARS = ("stanford-corenlp-3.6.0.jar", "stanford-corenlp-3.6.0-models.jar")
 CORENLP_URL = "http://nlp.stanford.edu/software/stanford-corenlp-full-2015-12-09.zip"
+HF_LOGIN = "hf auth login  # or: export HF_TOKEN=..."  # the comment keeps the line copyable
+JAVA_REINSTALL = ("sudo apt-get install --reinstall -y default-jre-headless",)
 GiB = 1024 ** 3
 
 
@@ -40,7 +43,8 @@ class Check:
     name: str
     status: str
     detail: str
-    fix: str = ""
+    fix: str = ""  # prose; the commands it refers to come separately, one per line, to copy
+    commands: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -135,7 +139,7 @@ def check_python(opts: DoctorOptions) -> list[Check]:
     if SpecifierSet(spec).contains(version):
         return [Check("Python", PASS, f"{version} ({sys.executable})")]
     return [Check("Python", FAIL, f"{version}; pgm needs {spec}",
-                  f"Create the venv with a Python {spec}: python3.11 -m venv .venv && make install")]
+                  f"Create the venv with a Python {spec}:", ("python3.11 -m venv .venv && make install",))]
 
 
 def check_packages(opts: DoctorOptions) -> list[Check]:
@@ -151,10 +155,11 @@ def check_packages(opts: DoctorOptions) -> list[Check]:
         try:
             version = metadata.version(name)
         except metadata.PackageNotFoundError:
-            checks.append(Check(name, FAIL, "not installed", f"pip install '{pin}'"))
+            checks.append(Check(name, FAIL, "not installed", "Install a supported version:", (f"pip install '{pin}'",)))
             continue
         if spec and not SpecifierSet(spec).contains(version, prereleases=True):
-            checks.append(Check(name, FAIL, f"{version}; pgm supports {spec}", f"pip install '{pin}'"))
+            checks.append(Check(name, FAIL, f"{version}; pgm supports {spec}", "Install a supported version:",
+                                (f"pip install '{pin}'",)))
         else:
             checks.append(Check(name, PASS, f"{version}" + (f" (supported: {spec})" if spec else "")))
     return checks
@@ -170,15 +175,14 @@ def check_torch_build(opts: DoctorOptions) -> list[Check]:
         return [Check("torch build", PASS, f"{build}; {torch.cuda.device_count()} GPU(s) usable")]
     if cuda:
         return [Check("torch build", FAIL, f"{build}, but no GPU is usable",
-                      "Check `nvidia-smi`; the NVIDIA driver must support CUDA "
-                      f"{cuda} (or install the torch wheel matching your driver).")]
+                      f"The NVIDIA driver must support CUDA {cuda} (or install the torch wheel "
+                      "matching your driver); see what it supports with:", ("nvidia-smi",))]
     if has_driver:
         return [Check("torch build", FAIL, f"{build}, but nvidia-smi is present",
-                      "Install the CUDA wheel: make install TORCH_SPEC=\"torch --index-url "
-                      "https://download.pytorch.org/whl/cu124\"")]
+                      "Install the CUDA build of torch:",
+                      ('make install TORCH_SPEC="torch --index-url https://download.pytorch.org/whl/cu124"',))]
     return [Check("torch build", WARN, f"{build}; no NVIDIA driver found",
-                  "Fine for `--model-path tiny`; real PaliGemma QLoRA needs an NVIDIA GPU and the "
-                  "CUDA torch wheel.")]
+                  "Fine for `--model-path tiny`; real QLoRA needs an NVIDIA GPU and CUDA torch.")]
 
 
 def check_gpus(opts: DoctorOptions) -> list[Check]:
@@ -186,8 +190,7 @@ def check_gpus(opts: DoctorOptions) -> list[Check]:
 
     if not torch.cuda.is_available():
         return [Check("GPU", WARN, "no CUDA GPU visible",
-                      "Train real checkpoints on an NVIDIA GPU; on CPU only `--model-path tiny` is "
-                      "practical.")]
+                      "On CPU only `--model-path tiny` is practical; train real models on a GPU.")]
     checks = []
     for i in range(torch.cuda.device_count()):
         props = torch.cuda.get_device_properties(i)
@@ -203,9 +206,11 @@ def check_gpus(opts: DoctorOptions) -> list[Check]:
         elif not bf16:
             status, fix = WARN, "No bf16: pgm computes in fp16 here (--compute-dtype auto)."
         advice = _fit_advice(opts.model_path, free)
+        commands: tuple[str, ...] = ()
         if advice:
             status, fix = WARN, (fix + " " if fix else "") + advice
-        checks.append(Check(f"GPU {i}", status, detail, fix))
+            commands = (f"pgm memory-estimate --model-path {opts.model_path} --gpu-memory {free / GiB:.0f}GB",)
+        checks.append(Check(f"GPU {i}", status, detail, fix, commands))
     return checks
 
 
@@ -221,8 +226,7 @@ def _fit_advice(model_path: str, free: int) -> str:
     effective = setup.batch_size * TrainConfig.gradient_accumulation_steps
     plan = memory.fit(config, setup, free, effective_batch=effective)
     then = f"use {plan.flags()}" if plan.fits else plan.reason
-    return (f"{model_path} with the default settings needs ~{_gib(need)}; {then} "
-            f"(`pgm memory-estimate --gpu-memory {free / GiB:.0f}GB`).")
+    return f"{model_path} with the default settings needs ~{_gib(need)}; {then}. See what fits with:"
 
 
 def check_bitsandbytes(opts: DoctorOptions) -> list[Check]:
@@ -231,8 +235,8 @@ def check_bitsandbytes(opts: DoctorOptions) -> list[Check]:
             import bitsandbytes as bnb
     except Exception as exc:  # ImportError, or RuntimeError from a broken CUDA setup
         return [Check("bitsandbytes", FAIL, f"import failed: {type(exc).__name__}: {exc}",
-                      "pip install -U 'bitsandbytes>=0.46' (then `python -m bitsandbytes` shows "
-                      "which binary it loads).")]
+                      "Reinstall it; the second command shows which binary it loads:",
+                      ("pip install -U 'bitsandbytes>=0.46'", "python -m bitsandbytes"))]
     import torch
 
     checks = [Check("bitsandbytes import", PASS, f"bitsandbytes {bnb.__version__}")]
@@ -243,8 +247,8 @@ def check_bitsandbytes(opts: DoctorOptions) -> list[Check]:
     if "Mock" in lib or "ErrorHandler" in lib:
         checks.append(Check("bitsandbytes backend", FAIL if backend in ("CUDA", "ROCm") else WARN,
                             f"{backend}: native library not loaded ({lib})",
-                            "Run `python -m bitsandbytes` for the reason; reinstall bitsandbytes "
-                            "matching your torch CUDA version."))
+                            "Reinstall bitsandbytes matching your torch CUDA version; this says why "
+                            "the library did not load:", ("python -m bitsandbytes",)))
     else:
         checks.append(Check("bitsandbytes backend", PASS, f"{backend} ({lib})"))
     checks.append(_nf4_matmul(bnb, torch))
@@ -266,7 +270,7 @@ def _nf4_matmul(bnb, torch) -> Check:
         return Check("bitsandbytes NF4 matmul", PASS,
                      f"4-bit matmul on {device} ({dtype}), rel. error {err:.1e}")
     return Check("bitsandbytes NF4 matmul", FAIL, f"wrong result on {device}: rel. error {err:.2f}",
-                 "Reinstall bitsandbytes (`pip install -U --force-reinstall bitsandbytes`).")
+                 "Reinstall bitsandbytes:", ("pip install -U --force-reinstall bitsandbytes",))
 
 
 def check_hf_token(opts: DoctorOptions) -> list[Check]:
@@ -275,8 +279,8 @@ def check_hf_token(opts: DoctorOptions) -> list[Check]:
         return [Check("Hugging Face token", PASS, f"present ({source})")]
     local = _is_local(opts.model_path)
     return [Check("Hugging Face token", PASS if local else WARN, "absent",
-                  "" if local else f"Accept the licence on https://huggingface.co/{opts.model_path}, "
-                  "then `hf auth login` (or export HF_TOKEN=...).")]
+                  "" if local else f"Accept the licence at https://huggingface.co/{opts.model_path}, then:",
+                  () if local else (HF_LOGIN,))]
 
 
 def _is_local(model_path: str) -> bool:
@@ -337,8 +341,8 @@ def check_hub_online(opts: DoctorOptions) -> list[Check]:
             status, kind = _hub_failure(exc)
             if kind == "unauthorized":
                 checks.append(Check("Hub login", FAIL, "the token is invalid or expired",
-                                    "Create a new read token at https://huggingface.co/settings/tokens "
-                                    "and `hf auth login`."))
+                                    "Create a new read token at https://huggingface.co/settings/tokens, "
+                                    "then log in with it:", (HF_LOGIN,)))
             else:
                 checks.append(Check("Hub login", WARN, f"hub unreachable ({type(exc).__name__})",
                                     "Check the network / proxy; training from the local cache still works."))
@@ -353,16 +357,14 @@ def check_hub_online(opts: DoctorOptions) -> list[Check]:
         fixes = {
             "gated": (f"no access to the gated repo {repo}",
                       f"Open https://huggingface.co/{repo}, accept the licence with the account "
-                      "of your token, and wait for the grant."),
+                      "of your token, and wait for the grant.", ()),
             "unauthorized": (f"{repo} needs a login",
-                             f"`hf auth login` (or export HF_TOKEN=...) after accepting the licence "
-                             f"on https://huggingface.co/{repo}."),
-            "not found": (f"{repo} does not exist", "Check --model-path (e.g. google/paligemma-3b-pt-448)."),
+                             f"Accept the licence at https://huggingface.co/{repo}, then:", (HF_LOGIN,)),
+            "not found": (f"{repo} does not exist", "Check --model-path (e.g. google/paligemma-3b-pt-448).", ()),
             "unreachable": (f"hub unreachable ({type(exc).__name__})",
-                            "Check the network / proxy, or pass a local model folder."),
+                            "Check the network / proxy, or pass a local model folder.", ()),
         }
-        detail, fix = fixes[kind]
-        checks.append(Check("Model access", status, detail, fix))
+        checks.append(Check("Model access", status, *fixes[kind]))
     return checks
 
 
@@ -411,16 +413,16 @@ def check_java(opts: DoctorOptions) -> list[Check]:
     java = shutil.which("java")
     if java is None:
         return [Check("Java", WARN, "java not found on PATH (COCO captioning: PTB tokenizer, METEOR)",
-                      "sudo apt-get install -y default-jre-headless (any Java >= 8 on PATH); only the "
-                      "coco task needs it.")]
+                      "Only the coco task needs it; any Java >= 8 on PATH will do, e.g.:",
+                      ("sudo apt-get install -y default-jre-headless",))]
     try:
         proc = subprocess.run([java, "-version"], capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.TimeoutExpired) as exc:
-        return [Check("Java", FAIL, f"{java} does not run: {exc}", "Reinstall Java (default-jre-headless).")]
+        return [Check("Java", FAIL, f"{java} does not run: {exc}", "Reinstall Java:", JAVA_REINSTALL)]
     line = (proc.stderr or proc.stdout).strip().splitlines()
     if proc.returncode != 0 or not line:
         return [Check("Java", FAIL, f"{java} -version failed (exit {proc.returncode})",
-                      "Reinstall Java (default-jre-headless).")]
+                      "Reinstall Java:", JAVA_REINSTALL)]
     return [Check("Java", PASS, f"{line[0]} ({java})")]
 
 
@@ -430,14 +432,17 @@ def check_corenlp(opts: DoctorOptions) -> list[Check]:
     spec = importlib.util.find_spec("pycocoevalcap")
     if spec is None or not spec.submodule_search_locations:
         return [Check("Stanford CoreNLP (SPICE)", WARN, "pycocoevalcap not installed",
-                      "pip install pycocoevalcap")]
+                      "Install it:", ("pip install pycocoevalcap",))]
     lib = Path(list(spec.submodule_search_locations)[0]) / "spice" / "lib"
     missing = [j for j in CORENLP_JARS if not (lib / j).exists()]
     if not missing:
         return [Check("Stanford CoreNLP (SPICE)", PASS, f"CoreNLP 3.6.0 jars in {lib}")]
-    return [Check("Stanford CoreNLP (SPICE)", WARN, f"missing {', '.join(missing)} (SPICE only)",
-                  f"Download {CORENLP_URL} (or edu.stanford.nlp:stanford-corenlp:3.6.0 and its "
-                  f"models jar from Maven Central) and copy {' and '.join(CORENLP_JARS)} into {lib}.")]
+    members = " ".join(shlex.quote(f"*/{j}") for j in CORENLP_JARS)  # unzip's pattern, quoted for the shell
+    unzip = f"unzip -j {CORENLP_URL.rsplit('/', 1)[1]} {members} -d {shlex.quote(str(lib))}"
+    what = "both CoreNLP 3.6.0 jars" if len(missing) == len(CORENLP_JARS) else missing[0]
+    return [Check("Stanford CoreNLP (SPICE)", WARN, f"missing {what} (SPICE only)",
+                  "Unpack CoreNLP 3.6.0's two jars into pycocoevalcap's spice/lib:",
+                  (f"curl -LO {CORENLP_URL}", unzip))]
 
 
 def check_wandb(opts: DoctorOptions) -> list[Check]:
@@ -453,7 +458,8 @@ def check_wandb(opts: DoctorOptions) -> list[Check]:
     if mode in ("offline", "disabled", "dryrun"):
         return [Check("W&B credentials", PASS, f"absent; WANDB_MODE={mode} needs none")]
     return [Check("W&B credentials", WARN, "absent (only --use-wandb needs them)",
-                  "`wandb login` (or export WANDB_API_KEY=...), or WANDB_MODE=offline.")]
+                  "Log in (or set WANDB_API_KEY, or WANDB_MODE=offline):",
+                  ("wandb login",))]
 
 
 def check_accelerate_config(opts: DoctorOptions) -> list[Check]:
@@ -467,8 +473,9 @@ def check_accelerate_config(opts: DoctorOptions) -> list[Check]:
     if gpus < 2:
         return [Check("accelerate config", PASS, "absent; not needed on one device")]
     return [Check("accelerate config", WARN, f"absent, and {gpus} GPUs are visible",
-                  "`accelerate config` (or `accelerate config default`), then "
-                  "`accelerate launch -m paligemma_cli train ...`.")]
+                  "Write a config once (or run `accelerate config` to answer its questions), then "
+                  "launch training through accelerate:",
+                  ("accelerate config default", "accelerate launch -m paligemma_cli train ..."))]
 
 
 CHECKS: dict[str, Callable[[DoctorOptions], list[Check]]] = {
@@ -488,7 +495,8 @@ CHECKS: dict[str, Callable[[DoctorOptions], list[Check]]] = {
 
 
 def _redacted(check: Check) -> Check:
-    return dataclasses.replace(check, detail=redact(check.detail), fix=redact(check.fix))
+    return dataclasses.replace(check, detail=redact(check.detail), fix=redact(check.fix),
+                               commands=tuple(redact(c) for c in check.commands))
 
 
 def run_checks(opts: DoctorOptions, checks: dict | None = None,
@@ -502,7 +510,7 @@ def run_checks(opts: DoctorOptions, checks: dict | None = None,
             if isinstance(exc, KeyboardInterrupt):
                 raise
             found = [Check(name, FAIL, f"the check itself failed: {type(exc).__name__}: {exc}",
-                           "Run `pgm doctor --json` and report it with the output.")]
+                           "Please report it with the output of:", ("pgm doctor --json",))]
         for check in found:
             check = _redacted(check)
             results.append(check)

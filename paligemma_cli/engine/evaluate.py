@@ -58,15 +58,15 @@ def score(task: Task, predictions: dict[Hashable, str], examples: Sequence[Examp
 
 def evaluate_model(task: Task, model, processor, examples: Sequence[Example], *, max_new_tokens: int,
                    batch_size: int, extra: dict[str, Any] | None = None,
-                   events: Events | None = None) -> EvalResult:
-    """Greedy-generate an answer per example and score them."""
+                   events: Events | None = None, workers: int = 0) -> EvalResult:
+    """Greedy-generate an answer per example (batches built by `workers` processes) and score them."""
     from paligemma_cli.engine.generate import generate_answers
 
     events = events or Events()
     events.eval_start(len(examples), f"{task.name}: generating")
     # list(): run the generator to its end, so it puts the model back in its training mode now.
     answers = list(generate_answers(model, processor, examples, max_new_tokens=max_new_tokens,
-                                    batch_size=batch_size, on_batch=events.eval_advance))
+                                    batch_size=batch_size, on_batch=events.eval_advance, workers=workers))
     predictions = {ex.id: ans for ex, ans in zip(examples, answers)}
     result = score(task, predictions, examples, extra or {})
     events.eval_end(result.metrics)
@@ -229,10 +229,12 @@ def run_evaluation(task: Task, data, *, model_cfg=None, adapter: Path | None = N
             result = score(task, predictions, examples, extra)
         result.notes = notes + result.notes
         return result
+    from paligemma_cli.engine.loader import resolve_workers
     from paligemma_cli.engine.model import load_for_inference, load_processor
 
     processor = load_processor(model_cfg.model_path, model_cfg.revision)
     model = load_for_inference(model_cfg, adapter)
     return evaluate_model(task, model, processor, examples,
                           max_new_tokens=max_new_tokens or task.max_new_tokens,
-                          batch_size=batch_size, extra=extra, events=events)
+                          batch_size=batch_size, extra=extra, events=events,
+                          workers=resolve_workers(data.dataloader_workers))

@@ -1,10 +1,15 @@
-"""Batched greedy generation: left padding, only the new tokens decoded."""
+"""Batched greedy generation: left padding, only the new tokens decoded.
+
+Batches are built (images decoded, processor run) by `workers` DataLoader processes while the
+model generates; 0 builds them here, between generations.
+"""
 
 from __future__ import annotations
 
 from typing import Callable, Iterator, Sequence
 
-from paligemma_cli.engine.batches import generation_batch, to_device
+from paligemma_cli.engine.batches import PromptCollator, PromptSet, to_device
+from paligemma_cli.engine.loader import check_batch, make_loader
 from paligemma_cli.tasks import Example
 
 
@@ -14,17 +19,22 @@ def clean_prediction(text: str) -> str:
 
 
 def generate_answers(model, processor, examples: Sequence[Example], *, max_new_tokens: int,
-                     batch_size: int, on_batch: Callable[[int], None] | None = None) -> Iterator[str]:
+                     batch_size: int, on_batch: Callable[[int], None] | None = None,
+                     workers: int = 0) -> Iterator[str]:
     """Yield one prediction per example, in order, generating `batch_size` at a time."""
     import torch
 
     tokenizer = processor.tokenizer
     was_training = model.training
+    on_cuda = next(model.parameters()).device.type == "cuda"
+    # One pass over the examples: workers that outlive it would only hold memory.
+    loader = make_loader(PromptSet(examples), batch_size=batch_size, collate_fn=PromptCollator(processor),
+                         workers=min(workers, -(-len(examples) // batch_size)), seed=0, pin_memory=on_cuda)
     model.eval()
     try:
-        for start in range(0, len(examples), batch_size):
-            chunk = examples[start:start + batch_size]
-            batch = to_device(generation_batch(processor, chunk), model)
+        for batch in loader:
+            check_batch(batch)
+            batch = to_device(batch, model)
             with torch.inference_mode():
                 out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False,
                                      num_beams=1, pad_token_id=tokenizer.pad_token_id)
@@ -33,7 +43,7 @@ def generate_answers(model, processor, examples: Sequence[Example], *, max_new_t
             # Report before yielding: a consumer that stops after the last answer (zip) never
             # resumes the generator, so a report after the yields would be lost for the last batch.
             if on_batch:
-                on_batch(len(chunk))
+                on_batch(len(texts))
             yield from texts
     finally:
         if was_training:

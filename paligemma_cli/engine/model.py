@@ -220,6 +220,28 @@ def load_for_inference(cfg: ModelConfig, adapter: Path | None = None):
     if adapter is not None:
         from peft import PeftModel
 
-        model = PeftModel.from_pretrained(model, str(adapter))
+        try:
+            model = PeftModel.from_pretrained(model, str(adapter))
+        except (RuntimeError, ValueError) as exc:  # shapes or module names of another base
+            raise _adapter_mismatch(adapter, cfg.model_path, exc) from None
     model.eval()
     return model
+
+
+def _adapter_mismatch(adapter: Path, model_path: str, exc: Exception) -> PgmError:
+    """One line for an adapter trained on another base: which tensor differs, and the base to use."""
+    import re
+
+    text = str(exc)
+    size = re.search(r"size mismatch for (\S+?)(?:\.default)?\.weight: copying a param with shape "
+                     r"torch\.Size\((\[.*?\])\) from checkpoint, the shape in current model is "
+                     r"torch\.Size\((\[.*?\])\)", text)
+    if size:
+        why = f"{size.group(1).removeprefix('base_model.model.')} is {size.group(2)}, the model's {size.group(3)}"
+    else:
+        why = text.strip().splitlines()[0][:160] if text.strip() else type(exc).__name__
+    base = check_adapter(adapter).get("base_model_name_or_path")
+    trained = f" (it was trained on {base})" if base and base != model_path else ""
+    hint = (f"Pass --model-path {base}, its base, or leave --model-path out." if trained
+            else "Use the base model the adapter was trained on.")
+    return PgmError(f"--adapter {adapter} does not fit --model-path {model_path}{trained}: {why}.", hint)

@@ -45,25 +45,6 @@ class TrainResult:
     truncated_examples: int = 0
 
 
-class EpochSampler:
-    """A fresh permutation per epoch from (seed, epoch): the same order after a resume."""
-
-    def __init__(self, n: int, seed: int):
-        self.n, self.seed, self.epoch = n, seed, 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return self.n
-
-    def __iter__(self):
-        import torch
-
-        gen = torch.Generator().manual_seed(self.seed + self.epoch)
-        return iter(torch.randperm(self.n, generator=gen).tolist())
-
-
 class _StopFlag:
     """SIGINT/SIGTERM ask the loop to checkpoint at the next step and stop."""
 
@@ -144,13 +125,36 @@ def _write_fault(out: Path, exc: BaseException, what: str) -> PgmError:
                     + (f" with --resume; it continues from {prev.name}." if prev else "."))
 
 
-def _numerical_fault(value: float, what: str, step: int, detail: str, out: Path) -> PgmError:
+def _kept_checkpoint(out: Path) -> str:
     prev = latest_checkpoint(out)
+    return f"The last good checkpoint, {prev}, is kept." if prev else "No checkpoint was written yet."
+
+
+def _numerical_fault(value: float, what: str, step: int, detail: str, out: Path) -> PgmError:
     return PgmError(
         f"The {what} became {value} at step {step} ({detail}); training stopped.",
         "Likely causes: a learning rate too high (try --learning-rate 1e-5), fp16 compute on Gemma "
-        "(use --compute-dtype bf16 or fp32), or a bad example. "
-        + (f"The last good checkpoint, {prev}, is kept." if prev else "No checkpoint was written yet."))
+        "(use --compute-dtype bf16 or fp32), or a bad example. " + _kept_checkpoint(out))
+
+
+def _train_loader(run: TrainRun, task, dataset, collator, processes: int, events: Events):
+    """The training DataLoader (workers, sampler) and its sampler; says which it chose."""
+    from paligemma_cli.engine.loader import (EpochSampler, LengthGroupedSampler, approx_token_counts, make_loader,
+                                             resolve_workers)
+    from paligemma_cli.engine.model import device_kind
+
+    cfg = run.train
+    grouped = task.group_by_length if cfg.group_by_length is None else cfg.group_by_length
+    if grouped:
+        sampler = LengthGroupedSampler(approx_token_counts(dataset.length_texts()), cfg.batch_size, cfg.seed)
+    else:
+        sampler = EpochSampler(len(dataset), cfg.seed)
+    workers = resolve_workers(run.data.dataloader_workers, processes)
+    events.message(f"Input: {workers} loader worker{'s' * (workers != 1)} per process, "
+                   + ("length-grouped batches." if grouped else "random order."))
+    loader = make_loader(dataset, batch_size=cfg.batch_size, sampler=sampler, collate_fn=collator,
+                         workers=workers, seed=cfg.seed, persistent=True, pin_memory=device_kind() == "cuda")
+    return loader, sampler
 
 
 def _launch_rank() -> int:
@@ -186,7 +190,8 @@ def _check_images(examples: list, accelerator, events: Events) -> None:
 def train(run: TrainRun, events: Events | None = None) -> TrainResult:
     """Run `pgm train`: load data and model, train with LoRA, checkpoint, evaluate, save the adapter."""
     from paligemma_cli.data.sources import load_examples, split_for
-    from paligemma_cli.engine.batches import TrainCollator, TrainingSet, to_device
+    from paligemma_cli.engine.batches import TrainCollator, TrainingSet, to_device, truncated_rows
+    from paligemma_cli.engine.loader import batch_error, resolve_workers
     from paligemma_cli.engine.loss import answer_loss
     from paligemma_cli.engine.model import (attach_lora, device_kind, load_model, load_processor,
                                             resolve_compute_dtype, resolve_model_path)
@@ -248,13 +253,8 @@ def train(run: TrainRun, events: Events | None = None) -> TrainResult:
     events.phase_end(f"{total_params:,} parameters, LoRA rank {run.lora.lora_rank}")
 
     dataset = TrainingSet(task, train_examples, cfg.seed)
-    sampler = EpochSampler(len(dataset), cfg.seed)
     collator = TrainCollator(processor, run.data.max_length or task.max_length)
-    # Its own generator: a loader iterator drawing from the global RNG would shift dropout masks
-    # after a mid-epoch resume.
-    loader = torch.utils.data.DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler,
-                                         collate_fn=collator, num_workers=0, drop_last=False,
-                                         generator=torch.Generator().manual_seed(cfg.seed))
+    loader, sampler = _train_loader(run, task, dataset, collator, accelerator.num_processes, events)
     optimizer = _make_optimizer(run, [p for p in model.parameters() if p.requires_grad])
     model, loader = accelerator.prepare(model, loader)
 
@@ -301,13 +301,16 @@ def train(run: TrainRun, events: Events | None = None) -> TrainResult:
         accelerator.wait_for_everyone()
         return path
 
+    eval_workers = resolve_workers(run.data.dataloader_workers, accelerator.num_processes)
+
     def run_eval() -> None:
         from paligemma_cli.engine.evaluate import evaluate_model
 
         if main:
             result = evaluate_model(task, accelerator.unwrap_model(model), processor, eval_examples,
                                     max_new_tokens=run.eval.max_new_tokens or task.max_new_tokens,
-                                    batch_size=run.eval.eval_batch_size, extra=eval_extra, events=events)
+                                    batch_size=run.eval.eval_batch_size, extra=eval_extra, events=events,
+                                    workers=eval_workers)
             value = result.metrics.get(task.headline)
             entry = {"step": state.global_step, **{k: v for k, v in result.metrics.items()
                                                    if isinstance(v, (int, float))}}
@@ -333,13 +336,13 @@ def train(run: TrainRun, events: Events | None = None) -> TrainResult:
     model.train()
     last_loss = None
     window_loss, window_n, window_samples, window_t = 0.0, 0, 0, time.time()
+    window_tokens, window_padded, truncated = 0, 0, 0
     interrupted = False
     if rng is not None:  # restored last, so nothing above (W&B, loaders) can shift the streams
         set_rng_state(rng)
     with _StopFlag() as stop:
         while state.global_step < total_steps and not interrupted:
-            sampler.set_epoch(state.epoch)
-            dataset.set_epoch(state.epoch)
+            sampler.set_epoch(state.epoch)  # its (epoch, index) keys carry the epoch into the workers
             skip = state.batch_in_epoch
             epoch_loader = accelerator.skip_first_batches(loader, skip) if skip else loader
             # accelerate's loader re-sets the sampler's epoch from its own iteration counter on
@@ -347,6 +350,13 @@ def train(run: TrainRun, events: Events | None = None) -> TrainResult:
             epoch_loader.set_epoch(state.epoch)
             pos = skip
             for batch in epoch_loader:
+                failed = batch_error(batch)
+                if failed:  # an image a worker could not read: the run stops, its checkpoints stay
+                    resume = " with --resume" if latest_checkpoint(out) else ""
+                    raise PgmError(failed.message, f"{failed.hint} Then rerun{resume}. {_kept_checkpoint(out)}")
+                truncated += truncated_rows(batch, processor.tokenizer.eos_token_id)
+                window_tokens += batch["attention_mask"].numel()
+                window_padded += int((batch["attention_mask"] == 0).sum())
                 pos += 1
                 group_start = ((pos - 1) // accum) * accum
                 group_len = min(accum, batches_per_epoch - group_start)
@@ -386,7 +396,9 @@ def train(run: TrainRun, events: Events | None = None) -> TrainResult:
                 if state.global_step % cfg.logging_steps == 0 or state.global_step == total_steps:
                     elapsed = max(time.time() - window_t, 1e-9)
                     record = {"step": state.global_step, "epoch": state.epoch, "loss": step_loss,
-                              "lr": scheduler.get_last_lr()[0], "samples_per_s": window_samples / elapsed}
+                              "lr": scheduler.get_last_lr()[0], "samples_per_s": window_samples / elapsed,
+                              "padded_fraction": window_padded / max(window_tokens, 1),
+                              "padded_tokens": window_padded}
                     state.log_history.append(record)
                     if main:
                         try:
@@ -397,6 +409,7 @@ def train(run: TrainRun, events: Events | None = None) -> TrainResult:
                     tracker.log({"train/loss": step_loss, "train/lr": record["lr"]}, state.global_step)
                     events.train_step(state.global_step, record)
                     window_loss, window_n, window_samples, window_t = 0.0, 0, 0, time.time()
+                    window_tokens, window_padded = 0, 0
                 else:
                     events.train_step(state.global_step, {})
                 if cfg.eval_steps and state.global_step % cfg.eval_steps == 0:
@@ -417,7 +430,7 @@ def train(run: TrainRun, events: Events | None = None) -> TrainResult:
                 state.epoch, state.batch_in_epoch = state.epoch + 1, 0
 
     result = TrainResult(out, state.global_step, total_steps, last_loss, time.time() - started,
-                         interrupted=interrupted, main_process=main, truncated_examples=collator.truncated,
+                         interrupted=interrupted, main_process=main, truncated_examples=truncated,
                          eval_history=[h["eval"] for h in state.log_history if "eval" in h])
     if interrupted:
         tracker.finish()

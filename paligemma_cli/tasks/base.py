@@ -46,6 +46,7 @@ class Task:
     prompt_template: str = "answer en {question}"
     max_length: int = 64
     max_new_tokens: int = 16
+    group_by_length: bool = False  # `pgm train`'s default for --group-by-length
     train_split: str = "train"
     eval_split: str = "val"
     headline: str = "accuracy"  # the metric `--eval-steps` tracks (higher is better)

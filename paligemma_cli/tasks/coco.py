@@ -55,6 +55,7 @@ class COCOCaptions(Task):
     prompt_template = "caption en"
     max_length = 64
     max_new_tokens = 48
+    group_by_length = True  # captions of 8 to 30+ tokens
     train_split = "train2017"
     eval_split = "val2017"
     headline = "CIDEr"

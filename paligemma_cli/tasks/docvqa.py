@@ -31,6 +31,7 @@ class DocVQA(Task):
     prompt_template = "answer en {question}"
     max_length = 256
     max_new_tokens = 32
+    group_by_length = True  # answers of 1 to 40+ tokens
     train_split = "train"
     eval_split = "val"
     headline = "anls"

@@ -416,7 +416,7 @@ def _(i):
     return Case(["data", "synth", "vqav2", i.tmp / "s", "-n", "0"], ["--num-examples", "synth -h' for help"], usage=True)
 
 
-# ----- pgm merge, doctor, memory-estimate -------------------------------------------------------
+# ----- pgm merge, predict, doctor, memory-estimate ----------------------------------------------
 
 def adapters(i: Inputs) -> list:
     return ["--model", i.tmp / "run-a", "--model", i.tmp / "run-b"]
@@ -440,10 +440,49 @@ def _(i):
                 ["--mode 'fancy' is not a merge method", "Supported: linear"])
 
 
+@case("merge: unknown METHOD")
+def _(i):
+    return Case(["merge", "fancy", "--base-model", "tiny", *adapters(i), "-o", i.tmp / "m"],
+                ["METHOD 'fancy' is not a merge method", "Supported: linear"])
+
+
+@case("merge: METHOD and --mode disagree")
+def _(i):
+    return Case(["merge", "ties", "--mode", "linear", "--base-model", "tiny", *adapters(i), "-o", i.tmp / "m"],
+                ["METHOD 'ties' and --mode 'linear' disagree", "Give the method once"])
+
+
 @case("merge: --density out of range")
 def _(i):
     return Case(["merge", "--base-model", "tiny", *adapters(i), "-o", i.tmp / "m", "--density", "1.5"],
                 ["--density must be in (0, 1] (got 1.5)", "pgm merge --help"])
+
+
+def val_image(i: Inputs) -> Path:
+    return sorted((i.data() / "val2014").iterdir())[0]
+
+
+@case("predict: image missing")
+def _(i):
+    return Case(["predict", *TINY, val_image(i), i.tmp / "holiday.jpg"],
+                ["holiday.jpg is missing (1 of 2 images)", "Check the IMAGE paths"])
+
+
+@case("predict: corrupt image")
+def _(i):
+    return Case(["predict", *TINY, i.file("cat.jpg", "not a jpeg")], ["cat.jpg is unreadable", "IMAGE paths"])
+
+
+@case("predict: --input line not JSON")
+def _(i):
+    lines = i.file("in.jsonl", json.dumps({"image": str(val_image(i))}) + "\n{image: cat.jpg}\n")
+    return Case(["predict", *TINY, "--input", lines], ["--input", "in.jsonl line 2: invalid JSON", "one JSON object"])
+
+
+@case("predict: --output exists")
+def _(i):
+    return Case(["predict", *TINY, val_image(i), "-o", i.file("answers.jsonl", "mine\n")],
+                ["--output", "answers.jsonl already exists", "--overwrite"])
 
 
 @case("doctor: --error file missing")
@@ -497,7 +536,7 @@ def run_pgm(args: list, cwd: Path) -> subprocess.CompletedProcess:
 def test_the_catalogue_is_large_enough_and_documented():
     assert len(CASES) >= 25
     per_command = Counter(name.split(":")[0] for name in CASES)
-    assert set(per_command) == {"train", "eval", "data synth", "merge", "doctor", "memory-estimate"}
+    assert set(per_command) == {"train", "eval", "data synth", "merge", "predict", "doctor", "memory-estimate"}
     doc = (Path(__file__).parents[2] / "docs" / "troubleshooting.md").read_text()
     assert f"**{len(CASES)} distinct bad inputs**" in doc
     for command, count in per_command.items():

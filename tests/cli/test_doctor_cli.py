@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
@@ -94,3 +95,38 @@ def test_help_stays_light():
     code = "import sys, paligemma_cli.cli; print(sorted(m for m in ('torch', 'transformers', 'bitsandbytes') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_doctor_reads_at_80_columns(monkeypatch, tmp_path):
+    """This machine's real checks at 80 columns: a one-row-per-check table, then each problem's fix
+    with its words whole and each command on one line of its own; at most 40 terminal rows."""
+    import io
+    import math
+
+    from rich.cells import cell_len
+    from rich.console import Console
+
+    from paligemma_cli.cli import doctor as doctor_cli
+    from paligemma_cli.engine import doctor as engine
+
+    screen = io.StringIO()
+    monkeypatch.setattr(doctor_cli, "console", Console(width=80, file=screen, color_system=None))
+    seen = []
+    real_run_checks = engine.run_checks
+    monkeypatch.setattr(engine, "run_checks", lambda opts: seen.extend(real_run_checks(opts)) or seen)
+    result = CliRunner().invoke(app, ["doctor", "--output-dir", str(tmp_path / "run")], catch_exceptions=False)
+    assert result.exit_code in (0, 1)
+    lines = screen.getvalue().splitlines()
+    rows = sum(max(1, math.ceil(cell_len(line.rstrip()) / 80)) for line in lines)  # as a terminal wraps
+    assert rows <= 40, screen.getvalue()
+    for check in seen:  # the table: one row per check, the status in its own column
+        row = re.compile(rf"{re.escape(check.name)} {{2,}}{check.status} ")
+        assert sum(bool(row.match(line)) for line in lines) == 1, (check.name, screen.getvalue())
+    problems = [c for c in seen if c.status != "PASS" and (c.fix or c.commands)]
+    assert problems  # this machine has no GPU: at least the GPU check warns
+    words = " ".join(lines).split()
+    for check in problems:
+        fix = check.fix.split()
+        assert any(words[i:i + len(fix)] == fix for i in range(len(words))), (check.fix, screen.getvalue())
+        for command in check.commands:
+            assert f"    {command}" in lines, (command, screen.getvalue())

@@ -4,7 +4,7 @@ import pytest
 
 from paligemma_cli.config import DataConfig
 from paligemma_cli.data.sources import load_examples
-from paligemma_cli.engine.batches import TrainCollator, TrainingSet, generation_batch
+from paligemma_cli.engine.batches import TrainCollator, TrainingSet, generation_batch, truncated_rows
 from paligemma_cli.tasks import TASKS, get_task
 
 
@@ -58,7 +58,7 @@ def test_truncation_is_counted(processor, synthetic_data):
     items = [TrainingSet(task, examples, seed=0)[i] for i in range(3)]
     collator = TrainCollator(processor, max_length=12)  # shorter than every caption
     batch = collator(items)
-    assert collator.truncated == 3
+    assert truncated_rows(batch, processor.tokenizer.eos_token_id) == 3
     assert batch["input_ids"].shape[1] == collator.max_tokens
     image_id = processor.tokenizer.convert_tokens_to_ids("<image>")
     for row in range(3):

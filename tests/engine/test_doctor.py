@@ -53,7 +53,7 @@ def test_package_out_of_range_fails_with_the_pip_command(monkeypatch):
     wanted = {**doctor._requirements(), "transformers": "<5,>=4.44"}
     monkeypatch.setattr(doctor, "_requirements", lambda: wanted)
     check = by_name(doctor.check_packages(opts()), "transformers")
-    assert check.status == FAIL and "pip install 'transformers<5,>=4.44'" in check.fix
+    assert check.status == FAIL and check.commands == ("pip install 'transformers<5,>=4.44'",)
 
 
 def test_cpu_build_without_driver_warns(env, tmp_path):
@@ -68,7 +68,7 @@ def test_cpu_build_with_a_driver_fails_with_the_cuda_wheel(env, tmp_path):
     smi.chmod(0o755)
     env.setenv("PATH", str(tmp_path))
     check = doctor.check_torch_build(opts())[0]
-    assert check.status == FAIL and "download.pytorch.org/whl/cu" in check.fix
+    assert check.status == FAIL and "download.pytorch.org/whl/cu" in check.commands[0]
 
 
 def test_cuda_build_without_usable_gpu_fails(env):
@@ -77,7 +77,7 @@ def test_cuda_build_without_usable_gpu_fails(env):
     env.setattr(torch.version, "cuda", "12.4")
     env.setattr(torch.cuda, "is_available", lambda: False)
     check = doctor.check_torch_build(opts())[0]
-    assert check.status == FAIL and "nvidia-smi" in check.fix
+    assert check.status == FAIL and check.commands == ("nvidia-smi",) and "CUDA 12.4" in check.fix
 
 
 def fake_gpu(monkeypatch, name, major, minor, total_gib, free_gib):
@@ -109,7 +109,8 @@ def test_gpu_details_and_bf16(monkeypatch):
 def test_gpu_too_small_for_the_defaults_says_what_fits(monkeypatch):
     fake_gpu(monkeypatch, "NVIDIA GeForce RTX 3060", 8, 6, 12, 11.5)
     check = doctor.check_gpus(opts(model_path="google/paligemma-3b-pt-896"))[0]  # ~21 GiB at batch 4
-    assert check.status == WARN and "--batch-size" in check.fix and "memory-estimate" in check.fix
+    assert check.status == WARN and "--batch-size" in check.fix
+    assert check.commands == ("pgm memory-estimate --model-path google/paligemma-3b-pt-896 --gpu-memory 12GB",)
 
 
 # --- bitsandbytes ------------------------------------------------------------------------------
@@ -124,14 +125,14 @@ def test_bitsandbytes_imports_and_multiplies_here():
 def test_bitsandbytes_import_failure_fails_with_the_fix(monkeypatch):
     monkeypatch.setitem(sys.modules, "bitsandbytes", None)
     check = doctor.check_bitsandbytes(opts())[0]
-    assert check.status == FAIL and "import failed" in check.detail and "pip install" in check.fix
+    assert check.status == FAIL and "import failed" in check.detail and check.commands[0].startswith("pip install")
 
 
 # --- login, hub --------------------------------------------------------------------------------
 
 def test_token_absent_warns_with_login_fix(env):
     check = doctor.check_hf_token(opts())[0]
-    assert check.status == WARN and check.detail == "absent" and "hf auth login" in check.fix
+    assert check.status == WARN and check.detail == "absent" and check.commands[0].startswith("hf auth login")
     assert doctor.check_hf_token(opts(model_path="tiny"))[0].status == PASS  # nothing gated
 
 
@@ -209,7 +210,7 @@ def test_full_disk_fails(env, tmp_path):
 def test_java_missing_warns_with_install_fix(env, tmp_path):
     env.setenv("PATH", str(tmp_path))
     check = doctor.check_java(opts())[0]
-    assert check.status == WARN and "default-jre-headless" in check.fix
+    assert check.status == WARN and "default-jre-headless" in check.commands[0]
 
 
 def test_java_present_passes_and_broken_java_fails(env, tmp_path):
@@ -223,7 +224,9 @@ def test_java_present_passes_and_broken_java_fails(env, tmp_path):
 
 def test_corenlp_missing_warns_with_download_fix():
     check = doctor.check_corenlp(opts())[0]  # pycocoevalcap ships without the CoreNLP jars
-    assert check.status == WARN and doctor.CORENLP_URL in check.fix and "spice" in check.fix
+    assert check.status == WARN and check.commands[0] == f"curl -LO {doctor.CORENLP_URL}"
+    assert check.commands[1].startswith("unzip -j stanford-corenlp-full-2015-12-09.zip")
+    assert check.commands[1].endswith("spice/lib") and all(jar in check.commands[1] for jar in doctor.CORENLP_JARS)
 
 
 def test_wandb_credentials(env, tmp_path):

@@ -56,7 +56,8 @@ def test_batch_16_generates_exactly_what_batch_1_does(quantization, synthetic_da
 
     one = list(generate_answers(model, processor, examples, max_new_tokens=8, batch_size=1))
     sixteen = list(generate_answers(model, processor, examples, max_new_tokens=8, batch_size=16))
-    threes = list(generate_answers(model, processor, examples, max_new_tokens=8, batch_size=3))
+    # ...and batches built by worker processes are the same batches.
+    threes = list(generate_answers(model, processor, examples, max_new_tokens=8, batch_size=3, workers=2))
     assert sixteen == one
     assert threes == one
     assert len(set(one)) > 1  # the outputs depend on the input at all

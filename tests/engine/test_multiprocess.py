@@ -36,7 +36,8 @@ def test_two_processes_shard_the_data_and_write_once(synthetic_data, tiny_model_
            "--main_process_port", str(free_port()),
            "-m", "paligemma_cli", "train", "vqav2", "--model-path", "tiny", "--data-root", str(data),
            "--output-dir", str(out), "--num-epochs", "1", "--batch-size", "2",
-           "--gradient-accumulation-steps", "2", "--logging-steps", "1", "--save-steps", "100"]
+           "--gradient-accumulation-steps", "2", "--logging-steps", "1", "--save-steps", "100",
+           "--dataloader-workers", "1", "--group-by-length"]  # each process's worker builds its shard
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     text = proc.stdout + proc.stderr

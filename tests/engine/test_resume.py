@@ -9,6 +9,13 @@ step and one W&B run id. The kills are placed exactly by the test hooks in
 Sizes: 7 synthetic images -> 10 VQAv2 questions, batch 2 -> 5 micro-batches per epoch,
 accumulation 2 -> 3 steps per epoch (the third has one micro-batch), 8 steps = 2 2/3 epochs.
 Checkpoints every 2 steps land mid-epoch (2, 4) and on an epoch end (6).
+
+Batches are built in persistent worker processes (2 in the reference, 1 in the interrupted runs)
+in length-grouped order. The reference keeps its workers across both epoch ends: VQAv2 draws each
+target from (seed, epoch, index), so an epoch that failed to reach the workers would change its
+answers in epochs 1 and 2. At 10 questions, transformers' mega-batches hold one
+batch each, so grouping here only reorders within batches; tests/engine/test_loader.py checks it
+at a size where it groups.
 """
 
 from __future__ import annotations
@@ -33,7 +40,7 @@ pytestmark = pytest.mark.slow
 
 STEPS = 8
 TRAIN = ["--model-path", "tiny", "--max-steps", str(STEPS), "--batch-size", "2",
-         "--gradient-accumulation-steps", "2", "--save-steps", "2", "--logging-steps", "1"]
+         "--gradient-accumulation-steps", "2", "--save-steps", "2", "--logging-steps", "1", "--group-by-length"]
 
 
 def pgm_env(**extra: str) -> dict[str, str]:
@@ -81,14 +88,14 @@ def data_root(tmp_path_factory) -> Path:
 def reference(data_root, tmp_path_factory, tiny_model_dir) -> Path:
     """The run nobody interrupts."""
     out = tmp_path_factory.mktemp("reference") / "run"
-    proc = run(train_cmd(data_root, out))
+    proc = run(train_cmd(data_root, out, "--dataloader-workers", "2"))
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return out
 
 
 def test_killed_and_resumed_run_is_bit_identical(data_root, reference, tmp_path):
     out = tmp_path / "run"
-    wandb = ["--use-wandb"]
+    wandb = ["--use-wandb", "--dataloader-workers", "1"]
 
     # 1. SIGKILL while step 4's checkpoint is half written: only the temp folder holds it.
     p = run(train_cmd(data_root, out, *wandb), PGM_TEST_CRASH_DURING_SAVE="4")

@@ -126,3 +126,56 @@ def test_original_flags_and_adapter_output(merge_inputs, tmp_path):
     assert result.exit_code == 0, text
     assert "relative error" in text and (out / "adapter_model.safetensors").exists()
     assert json.loads((out / "adapter_config.json").read_text())["r"] == 3
+
+
+def folder_bytes(folder):
+    """Every file's bytes; pgm_merge.json without its timings (seconds differ run to run)."""
+    out = {}
+    for path in sorted(folder.iterdir()):
+        data = path.read_bytes()
+        if path.name == "pgm_merge.json":
+            recipe = json.loads(data)
+            for stats in recipe["stats"].values():
+                stats.pop("seconds")
+            data = json.dumps(recipe, sort_keys=True).encode()
+        out[path.name] = data
+    return out
+
+
+def test_method_as_argument_equals_mode_flag(two, tmp_path):
+    by_argument, by_flag = tmp_path / "arg", tmp_path / "flag"
+    result, text = invoke("ties", *two, "--density", "0.3", "-o", by_argument)
+    assert result.exit_code == 0, text
+    result, text = invoke(*two, "--mode", "ties", "--density", "0.3", "-o", by_flag)
+    assert result.exit_code == 0, text
+    files = folder_bytes(by_argument)
+    assert "model.safetensors" in files and json.loads(files["pgm_merge.json"])["mode"] == "ties"
+    assert files == folder_bytes(by_flag)
+    result, text = invoke("ties", *two, "--mode", "ties", "--density", "0.3", "-o", tmp_path / "both")
+    assert result.exit_code == 0, text  # the same method twice is not a conflict
+
+
+def test_method_given_two_ways_that_disagree(two, tmp_path):
+    out = tmp_path / "m"
+    assert_one_line_error(*invoke("ties", *two, "--mode", "linear", "-o", out), out,
+                          "METHOD 'ties' and --mode 'linear' disagree", "pgm merge ties")
+
+
+def test_unknown_method_argument_suggests_the_closest(two, tmp_path):
+    out = tmp_path / "m"
+    assert_one_line_error(*invoke("tie", *two, "-o", out), out,
+                          "METHOD 'tie' is not a merge method (did you mean ties?)", "Supported: linear,")
+
+
+def test_bare_merge_and_help_list_every_method_on_one_line():
+    from paligemma_cli.cli.merge import BRIEF
+    from paligemma_cli.merge.catalog import METHOD_INFO
+
+    assert list(BRIEF) == list(METHOD_INFO)
+    bare = runner.invoke(app, ["merge"])
+    assert bare.exit_code == 2 and "Usage: pgm merge METHOD" in bare.output
+    helped = runner.invoke(app, ["merge", "--help"], env={"COLUMNS": "80"}, terminal_width=80)
+    assert helped.exit_code == 0
+    for text in (bare.output, helped.output):
+        for name, brief in BRIEF.items():
+            assert any(name in line and brief in line for line in text.splitlines()), (name, text)
