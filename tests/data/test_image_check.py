@@ -83,15 +83,12 @@ def test_processes_check_disjoint_shares_and_combine(synthetic_data, tmp_path):
 
 def test_skip_image_check_bad_image_mid_run_is_one_error_line_and_keeps_checkpoints(
         synthetic_data, tiny_model_dir, tmp_path):
-    try:  # the sampler's home moves with the input-pipeline work
-        from paligemma_cli.engine.loader import EpochSampler
-    except ImportError:
-        from paligemma_cli.engine.train import EpochSampler
+    from paligemma_cli.engine.loader import EpochSampler
     from paligemma_cli.tasks import get_task
 
     data = Path(shutil.copytree(synthetic_data("coco", 16), tmp_path / "data"))
     examples = get_task("coco").load_official(data, "train2017")
-    last = examples[list(EpochSampler(len(examples), 42))[-1]]  # in the 8th and last batch
+    last = examples[EpochSampler(len(examples), 42).order()[-1]]  # in the 8th and last batch
     Path(last.image).write_bytes(GARBAGE)
     out = tmp_path / "run"
     result = pgm("train", "coco", "--model-path", "tiny", "--data-root", data, "--skip-image-check",
