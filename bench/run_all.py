@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).parent
-ALL = ["metrics", "generate", "train", "merge", "scoring"]
+ALL = ["metrics", "generate", "train", "merge", "scoring", "startup"]
 
 if __name__ == "__main__":
     chosen = sys.argv[1:] or ALL

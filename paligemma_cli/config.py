@@ -97,6 +97,10 @@ class DataConfig:
     dataloader_workers: int | None = field(default=None, metadata=opt(
         "Processes that decode images and build batches while the model computes (0 = in the main "
         "process); default: the CPUs per training process minus one, at most 8 (0 off Linux).", min=0))
+    skip_image_check: bool = field(default=False, metadata=opt(
+        "Skip the check, before the first step, that every image file the run uses exists and "
+        "opens (cached in PGM_HOME by path, size and mtime, so reruns are quick). "
+        "A bad image then stops training at its batch with one error line; checkpoints are kept."))
 
 
 @dataclass(frozen=True)

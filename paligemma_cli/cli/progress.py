@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
@@ -30,10 +31,35 @@ class RichEvents(Events):
             TimeRemainingColumn(), console=console, disable=not self.live, transient=False)
         self.train_task = None
         self.eval_task = None
+        self.phase: tuple[str, float, Any] | None = None  # description, start time, progress task
 
     def message(self, text: str, level: str = "info") -> None:
         style = "yellow" if level == "warning" else "dim"
         console.print(f"[{style}]{text}[/]", highlight=False)
+
+    def phase_start(self, description: str, total: int | None = None) -> None:
+        # A live bar on a terminal (a pulsing one when the total is unknown), a line in a log, so a
+        # long start-up is never silent; the end line carries the time either way.
+        task = None
+        if self.live:
+            self.progress.start()
+            task = self.progress.add_task(description, total=total, stats="")
+        else:
+            console.print(f"[dim]{description} ...[/]", highlight=False)
+        self.phase = (description, time.perf_counter(), task)
+
+    def phase_advance(self, count: int) -> None:
+        if self.phase and self.phase[2] is not None:
+            self.progress.advance(self.phase[2], count)
+
+    def phase_end(self, summary: str) -> None:
+        if not self.phase:
+            return
+        description, start, task = self.phase
+        if task is not None:
+            self.progress.remove_task(task)
+        console.print(f"[dim]{description}: {summary} ({time.perf_counter() - start:.1f} s)[/]", highlight=False)
+        self.phase = None
 
     def train_start(self, total_steps: int, start_step: int, info: dict[str, Any]) -> None:
         console.print(f"Training {info['task']} on {info['device']}: {total_steps} steps, effective batch "

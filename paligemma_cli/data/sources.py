@@ -1,8 +1,8 @@
 """The three data sources every task reads: official on-disk layout, a hub dataset, JSONL.
 
 All of them end as a list of `Example`s whose images are opened only when a batch needs them;
-the image files are checked up front (existence and a header read) so a missing or corrupt image
-fails before training starts, naming the first and counting the rest.
+the image files are checked up front (existence and a header read; see `data.image_check`) so a
+missing or corrupt image fails before training starts, naming the first and counting the rest.
 """
 
 from __future__ import annotations
@@ -141,28 +141,15 @@ def _hub_image_loader(ds, index: int, column: str) -> Callable[[], Any]:
 # ----- images -----------------------------------------------------------------------------------
 
 def check_image_files(examples: list[Example]) -> None:
-    """Fail before training on missing/unreadable image files: name the first, count the rest."""
-    from PIL import Image, UnidentifiedImageError
+    """Fail before training on missing/unreadable image files: name the first, count the rest.
 
-    missing, corrupt = [], []
-    seen: set[Path] = set()
-    for ex in examples:
-        if not isinstance(ex.image, Path) or ex.image in seen:
-            continue
-        seen.add(ex.image)
-        if not ex.image.is_file():
-            missing.append(ex.image)
-            continue
-        try:
-            with Image.open(ex.image) as im:
-                im.verify()
-        except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
-            corrupt.append(ex.image)
-    for bad, what, fix in ((missing, "missing", "Check --data-root and the image folder layout."),
-                           (corrupt, "unreadable", "Re-download or delete those files (and their questions).")):
-        if bad:
-            more = f" and {len(bad) - 1} more" if len(bad) > 1 else ""
-            raise PgmError(f"Image {bad[0]} is {what}{more} ({len(bad)} of {len(seen)} images).", fix)
+    One process, threads and the PGM_HOME cache; `pgm train` calls `data.image_check` itself to
+    share the work between processes and show progress.
+    """
+    from paligemma_cli.data.image_check import check_images, combine, image_files
+
+    paths = image_files(examples)
+    combine([check_images(paths)], len(paths))
 
 
 def open_image(ref: Path | Callable[[], Any]):
@@ -175,4 +162,6 @@ def open_image(ref: Path | Callable[[], Any]):
             raise OSError("no image")
         return img.convert("RGB")
     except (OSError, SyntaxError, ValueError) as exc:
-        raise PgmError(f"Cannot read image {ref}: {exc}.", "Re-download or remove it.") from None
+        raise PgmError(f"Cannot read image {ref}: {exc}.",
+                       "Re-download or remove it (without --skip-image-check, pgm train finds every such "
+                       "file before the first step).") from None

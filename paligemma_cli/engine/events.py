@@ -11,6 +11,16 @@ class Events:
     def message(self, text: str, level: str = "info") -> None:
         """A one-line note (level: info, warning)."""
 
+    def phase_start(self, description: str, total: int | None = None) -> None:
+        """A start-up phase begins (reading annotations, checking images, loading the model);
+        `total` is its number of items when known."""
+
+    def phase_advance(self, count: int) -> None:
+        """`count` more items of the current phase are done."""
+
+    def phase_end(self, summary: str) -> None:
+        """The current phase finished; `summary` says what it found."""
+
     def train_start(self, total_steps: int, start_step: int, info: dict[str, Any]) -> None:
         """Training begins (or resumes at `start_step`)."""
 

@@ -8,6 +8,7 @@ Only the main process writes checkpoints, logs and events.
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import math
 import os
@@ -156,9 +157,39 @@ def _train_loader(run: TrainRun, task, dataset, collator, processes: int, events
     return loader, sampler
 
 
+def _launch_rank() -> int:
+    """This process's rank as the launcher (torchrun, MPI) set it; 0 when run alone."""
+    for name in ("RANK", "OMPI_COMM_WORLD_RANK", "PMI_RANK"):
+        if os.environ.get(name, "").isdigit():
+            return int(os.environ[name])
+    return 0
+
+
+def _check_images(examples: list, accelerator, events: Events) -> None:
+    """Every image file the run may draw exists and opens; each process checks 1/N of them.
+
+    Any process may draw any example in some epoch (a fresh permutation per epoch), so all of the
+    run's images are checked, split between the processes and combined: one error, same everywhere.
+    """
+    from accelerate.utils import gather_object
+
+    from paligemma_cli.data.image_check import check_images, combine, image_files
+
+    paths = image_files(examples)
+    rank, world = accelerator.process_index, accelerator.num_processes
+    share = len(paths[rank::world])
+    events.phase_start(f"Checking {len(paths):,} image files" + (f" ({share:,} here)" if world > 1 else ""),
+                       total=share)
+    result = check_images(paths, rank=rank, world=world, advance=events.phase_advance)
+    results = gather_object([result]) if world > 1 else [result]
+    combine(results, len(paths))
+    cached = sum(r.cached for r in results)
+    events.phase_end(f"all open ({cached:,} unchanged since an earlier check)" if cached else "all open")
+
+
 def train(run: TrainRun, events: Events | None = None) -> TrainResult:
     """Run `pgm train`: load data and model, train with LoRA, checkpoint, evaluate, save the adapter."""
-    from paligemma_cli.data.sources import load_examples
+    from paligemma_cli.data.sources import load_examples, split_for
     from paligemma_cli.engine.batches import TrainCollator, TrainingSet, to_device, truncated_rows
     from paligemma_cli.engine.loader import batch_error, resolve_workers
     from paligemma_cli.engine.loss import answer_loss
@@ -179,35 +210,47 @@ def train(run: TrainRun, events: Events | None = None) -> TrainResult:
     if cfg.resume and latest_checkpoint(out) is None:
         raise PgmError(f"--resume: no complete checkpoint in {out / 'checkpoints'}.",
                        "Drop --resume and pass --overwrite to start over.")
-    train_examples = load_examples(task, run.data, "train")
+    # Before torch is imported only the launcher's environment says which process this is; only the
+    # first one reports progress.
+    early = events if _launch_rank() == 0 else Events()
+    early.phase_start(f"Reading the {task.name} {split_for(task, run.data, 'train')} data")
+    train_examples = load_examples(task, run.data, "train", check_images=False)
     eval_examples, eval_extra = [], {}
     if cfg.eval_steps:
-        eval_examples = load_examples(task, run.data, "eval")
+        eval_examples = load_examples(task, run.data, "eval", check_images=False)
         if run.data.data_root is not None:
-            from paligemma_cli.data.sources import split_for
-
             eval_extra = task.load_score_extra(Path(run.data.data_root), split_for(task, run.data, "eval"))
+    # Millions of long-lived objects at real size: keep the cyclic GC from walking them again on
+    # every later collection (model loading, every step).
+    gc.freeze()
+    early.phase_end(f"{len(train_examples):,} training examples"
+                    + (f", {len(eval_examples):,} for evaluation" if eval_examples else ""))
     resolve_model_path(run.model.model_path)
 
+    early.phase_start("Starting torch and accelerate")
     import torch
     from accelerate import Accelerator
 
     mixed = "bf16" if (device_kind() == "cuda" and resolve_compute_dtype(run.model.compute_dtype) == torch.bfloat16) else "no"
     accelerator = Accelerator(mixed_precision=mixed, cpu=device_kind() == "cpu")
     main = accelerator.is_main_process
+    early.phase_end(f"{accelerator.num_processes} processes on {accelerator.device}" if accelerator.num_processes > 1
+                    else f"on {accelerator.device}")
     if not main:
         events = Events()
+    if not run.data.skip_image_check:  # before the output dir is touched: a bad image changes nothing
+        _check_images(train_examples + eval_examples, accelerator, events)
     if main:
         prepare_output_dir(out, overwrite=cfg.overwrite, resume=cfg.resume)
     accelerator.wait_for_everyone()
-    events.message(f"{task.title}: {len(train_examples)} training examples"
-                   + (f", {len(eval_examples)} for evaluation" if eval_examples else ""))
 
+    events.phase_start(f"Loading the model ({run.model.model_path}, {run.model.quantization})")
     processor = load_processor(run.model.model_path, run.model.revision)
     model = load_model(run.model)
     model = attach_lora(model, run.model, run.lora, seed=cfg.seed)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total_params = sum(p.numel() for p in model.parameters())
+    events.phase_end(f"{total_params:,} parameters, LoRA rank {run.lora.lora_rank}")
 
     dataset = TrainingSet(task, train_examples, cfg.seed)
     collator = TrainCollator(processor, run.data.max_length or task.max_length)
