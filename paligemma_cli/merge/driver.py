@@ -33,6 +33,7 @@ from paligemma_cli.merge.writer import ITEM_BYTES, ShardedWriter
 
 CHUNK_ENTRIES = 1 << 22  # rows per chunk are chosen so a chunk holds at most about this many
 CACHE_BYTES = 768 * 1024**2  # raw input rows kept between a tensor's two passes, at most
+SAMPLE_ENTRIES, SAMPLE_GROUPS = 1 << 18, 64  # TIES' top-k bracket: entries sampled per tensor, runs
 DEFAULT_DENSITY = 0.3  # the original merge_vlm.py's default
 FLOAT_DTYPES = ("F64", "F32", "BF16", "F16")
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".h5", ".msgpack", ".ckpt")
@@ -193,6 +194,28 @@ class _TensorMerge:
                 values.append((_magnitude if magnitudes else _task_vector)(raw, base_raw))
         return base_raw, base, values
 
+    def sample(self) -> list[torch.Tensor | None]:
+        """Per input, |tau| on SAMPLE_GROUPS evenly spread runs of rows (about SAMPLE_ENTRIES in
+        all), read apart from the chunks: it only narrows the search for the exact top-k."""
+        n_rows = self.info.shape[0]
+        row = math.prod(self.info.shape) // n_rows
+        groups = min(SAMPLE_GROUPS, n_rows)
+        per = max(1, SAMPLE_ENTRIES // (groups * row))
+        parts: list[list[torch.Tensor]] = [[] for _ in self.inputs]
+        for g in range(groups):
+            start = g * n_rows // groups
+            rows = (start, min(n_rows, start + per))
+            base_raw = read_rows(self.info.file, self.key, rows)
+            for i, src in enumerate(self.inputs):
+                if isinstance(src, FullModel):
+                    key = src.by_module[module_name(self.key)]
+                    mag = _magnitude(read_rows(src.tensors[key].file, key, rows), base_raw)
+                else:
+                    delta = src.delta(self.key, rows, base_raw.float(), base_raw)
+                    mag = torch.zeros(base_raw.shape) if delta is None else delta.abs_()
+                parts[i].append(mag.reshape(-1))
+        return [torch.cat(p) for p in parts]
+
     def hints(self) -> TensorHints:
         """Whole-tensor statistics from a first pass over the chunks (when there are several)."""
         hints = TensorHints(name=module_name(self.key), full_shape=self.info.shape)
@@ -207,7 +230,7 @@ class _TensorMerge:
                     yield (rows[1] - rows[0]) * (numel // self.info.shape[0]), mags
 
             k = int(self.p.density * numel)
-            hints.cutoffs = kth_largest(magnitudes, [k] * len(self.inputs), numel)
+            hints.cutoffs = kth_largest(magnitudes, [k] * len(self.inputs), numel, self.sample())
         elif self.method.name == "slerp":
             sums = [0.0, 0.0, 0.0]
             for rows in self.rows:
