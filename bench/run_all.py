@@ -1,7 +1,8 @@
 """`make bench`: run every benchmark in bench/ in turn (each prints its own side-by-side table).
 
 The merge benchmark writes ~12 GB of synthetic 3B-shaped checkpoints to a temp dir and takes
-minutes; pass names to run a subset: `python bench/run_all.py metrics generate`.
+minutes (beside mergekit, which it installs into a throw-away venv, about an hour on 2 cores);
+pass names to run a subset: `python bench/run_all.py metrics generate`.
 """
 
 import subprocess
