@@ -1,19 +1,24 @@
-"""Benchmark `pgm merge` (TIES) on synthetic checkpoints with PaliGemma-3B's tensor shapes.
+"""Benchmark `pgm merge` beside mergekit on synthetic checkpoints with PaliGemma-3B's tensor shapes.
 
 Writes a base and two "full fine-tunes" (base + noise on every tensor, bf16, sharded safetensors
-as save_pretrained writes them) into a temp dir, then runs, each in its own subprocess so peaks
-do not mix (peak RSS from os.wait4's rusage, i.e. the kernel's high-water mark of that child):
+as save_pretrained writes them) into a temp dir, then runs, each in its own process so peaks do
+not mix (peak RSS from os.wait4's rusage, i.e. the kernel's high-water mark of that process):
 
-  read       read every tensor of the three inputs once (same safetensors reads as the merge)
-  streaming  paligemma_cli.merge.driver.merge: TIES, density 0.3
-  naive      load every state dict whole, merge with the same TIES function per tensor, save
+  read          read every tensor of the three inputs once (same safetensors reads as the merge)
+  pgm METHOD    paligemma_cli.merge.driver.merge, density 0.3 (TIES twice: with an empty
+                torch.compile cache, as on a fresh machine, then warm)
+  mergekit ...  mergekit-yaml with the equivalent recipe, installed into a throw-away venv
+                (bench/mergekit_compare.py), for ties, dare_ties and task_arithmetic; its
+                output is compared with pgm's entry by entry
+  naive         load every state dict whole, merge with the same TIES function per tensor, save
 
-The page cache of the inputs is dropped (posix_fadvise DONTNEED) before each variant, so each
-starts from disk. The naive variant needs ~3.2x the model size in RAM; where the machine does not
-have that free, it runs on a scaled-down model (fewer layers) alongside a streaming run of the
-same scaled model, and the table says so. The temp dir is deleted at the end.
+The page cache of the inputs is dropped (posix_fadvise DONTNEED) before each run, so each starts
+from disk. The naive variant needs ~3.2x the model size in RAM; where the machine does not have
+that free, it runs on a scaled-down model (fewer layers) alongside a pgm run of the same scaled
+model, and the table says so. The temp dir is deleted at the end.
 
-    .venv/bin/python bench/bench_merge.py [--layers-fraction 1.0] [--workdir /tmp]
+    .venv/bin/python bench/bench_merge.py [--layers-fraction 1.0] [--workdir /tmp] [--no-naive]
+        [--methods ties,dare_ties,task_arithmetic] [--mergekit-venv DIR]
 """
 
 from __future__ import annotations
@@ -131,7 +136,8 @@ RESULT["entries"] = total
 """,
     "streaming": """
 from paligemma_cli.merge.driver import MergeRequest, merge
-r = merge(MergeRequest(base_model=FOLDERS[0], models=tuple(FOLDERS[1:]), output=Path(OUT), mode="ties", density=0.3))
+r = merge(MergeRequest(base_model=FOLDERS[0], models=tuple(FOLDERS[1:]), output=Path(OUT), mode=MODE, overwrite=True,
+                       density=None if MODE == "task_arithmetic" else 0.3))
 RESULT["trimmed"] = sum(s.trimmed for s in r.parts.values())
 RESULT["conflicts"] = sum(s.conflicts for s in r.parts.values())
 """,
@@ -179,40 +185,73 @@ RESULT["conflicts"] = sum(s.conflicts for s in r.parts.values())
 }
 
 
-def run_variant(name: str, folders: list[Path], out: Path, rss_limit_gb: float) -> dict:
-    """Run one variant in a fresh interpreter: wall and CPU time of the work, peak RSS from
-    wait4 (the kernel's high-water mark); killed if its RSS passes `rss_limit_gb`, so a variant
-    that does not fit cannot push the machine into the OOM killer."""
+def run_process(cmd: list[str], rss_limit_gb: float, env: dict | None = None) -> tuple[dict, str, int]:
+    """Run `cmd` as a process: its wall time, CPU time and peak RSS from wait4 (the kernel's
+    high-water mark); killed if its RSS passes `rss_limit_gb`, so a run that does not fit cannot
+    push the machine into the OOM killer."""
     import psutil
 
-    drop_cache(*folders)
-    code = ("import json, time, sys\nfrom pathlib import Path\nsys.path.insert(0, %r)\nimport torch\n"
-            "import safetensors.torch\nFOLDERS = %r\nOUT = %r\nRESULT = {}\nT0 = time.perf_counter()\n%s\n"
-            "RESULT['seconds'] = time.perf_counter() - T0\nprint('RESULT ' + json.dumps(RESULT))\n"
-            % (str(ROOT), [str(f) for f in folders], str(out), CHILD[name]))
     started = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, **(env or {})})
     watched, killed = psutil.Process(proc.pid), False
+    try:  # should memory still run out, the kernel kills the benchmarked process, not a bystander
+        Path(f"/proc/{proc.pid}/oom_score_adj").write_text("1000")
+    except OSError:
+        pass
     while True:
         pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
         if pid:
             break
         try:
-            if watched.memory_info().rss > rss_limit_gb * 1e9:
+            mem = watched.memory_info()  # file-backed pages (mmapped checkpoints) can be dropped
+            if mem.rss - mem.shared > rss_limit_gb * 1e9:
                 watched.kill()
                 killed = True
         except psutil.NoSuchProcess:
             pass
         time.sleep(0.2)
     output = proc.stdout.read()
-    result = {"variant": name, "peak_rss_gb": usage.ru_maxrss * 1024 / 1e9,
-              "cpu_s": usage.ru_utime + usage.ru_stime, "process_s": time.perf_counter() - started}
+    result = {"peak_rss_gb": usage.ru_maxrss * 1024 / 1e9, "cpu_s": usage.ru_utime + usage.ru_stime,
+              "process_s": time.perf_counter() - started}
     if killed:
         result.update(seconds=float("nan"), error=f"killed above {rss_limit_gb:.0f} GB RSS")
+    return result, output, os.waitstatus_to_exitcode(status)
+
+
+def run_variant(name: str, folders: list[Path], out: Path, rss_limit_gb: float, mode: str = "ties",
+                env: dict | None = None) -> dict:
+    """Run one variant in a fresh interpreter after dropping the inputs from the page cache."""
+    drop_cache(*folders)
+    code = ("import json, time, sys\nfrom pathlib import Path\nsys.path.insert(0, %r)\nimport torch\n"
+            "import safetensors.torch\nFOLDERS = %r\nOUT = %r\nMODE = %r\nRESULT = {}\n"
+            "T0 = time.perf_counter()\n%s\n"
+            "RESULT['seconds'] = time.perf_counter() - T0\nprint('RESULT ' + json.dumps(RESULT))\n"
+            % (str(ROOT), [str(f) for f in folders], str(out), mode, CHILD[name]))
+    result, output, code = run_process([sys.executable, "-c", code], rss_limit_gb, env)
+    result["variant"] = name if name != "streaming" else f"pgm {mode}"
+    if "error" in result:
         return result
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"{name} failed ({os.waitstatus_to_exitcode(status)}):\n{output}")
+    if code != 0:
+        raise SystemExit(f"{name} failed ({code}):\n{output}")
     result.update(json.loads(next(line for line in output.splitlines() if line.startswith("RESULT "))[7:]))
+    return result
+
+
+def run_mergekit(exe: Path, method: str, views: list[Path], folders: list[Path], out: Path,
+                 rss_limit_gb: float, label: str = "") -> dict:
+    """mergekit-yaml on the same files (page cache dropped first), timed as a process."""
+    from mergekit_compare import write_yaml
+
+    drop_cache(*folders)
+    recipe = write_yaml(out.parent / f"{out.name}.yml", method, views, 0.3)
+    result, output, code = run_process([str(exe), str(recipe), str(out), "--quiet"], rss_limit_gb)
+    result["variant"] = f"mergekit {method}{label}"
+    result.setdefault("seconds", result["process_s"])
+    if "error" not in result and code < 0:  # SIGKILL: the kernel's OOM killer (it is chosen first)
+        result.update(seconds=float("nan"), error=f"killed by signal {-code} after {result['process_s']:.0f} s")
+    if "error" not in result and code != 0:
+        raise SystemExit(f"mergekit {method} failed ({code}):\n{output[-3000:]}")
     return result
 
 
@@ -241,36 +280,113 @@ def table(rows: list[dict], size_gb: float, label: str) -> str:
     return "\n".join(lines)
 
 
-def compare(root: Path, text_layers: int, vision_layers: int, variants: tuple[str, ...]) -> tuple[list[dict], float]:
-    """Generate the three checkpoints, run `variants` on them, check naive == streaming, clean up."""
-    import psutil
-
+def generated(root: Path, text_layers: int, vision_layers: int) -> tuple[list[Path], int]:
     shapes = paligemma_3b_shapes(text_layers, vision_layers)
     params = sum(math.prod(s) for _, s in shapes)
     started = time.perf_counter()
     folders = list(generate(root, shapes, config_json(text_layers, vision_layers)).values())
     print(f"generated 3 x {params / 1e9:.2f}B params ({params * 2 / 1e9:.2f} GB each) in "
           f"{time.perf_counter() - started:.0f} s", flush=True)
-    rows = []
+    return folders, params
+
+
+def _limit() -> float:
+    import psutil
+
+    return psutil.virtual_memory().available / 1e9 - 1.0  # leave the machine 1 GB
+
+
+def _record(rows: list[dict], row: dict, params: int, load: float) -> None:
+    row.update(load_before=round(load, 1), params_b=round(params / 1e9, 3))
+    rows.append(row)
+    print(json.dumps(row), flush=True)
+
+
+def compare(root: Path, text_layers: int, vision_layers: int, variants: tuple[str, ...]) -> tuple[list[dict], float]:
+    """Generate the three checkpoints, run `variants` on them, check naive == streaming, clean up."""
+    folders, params = generated(root, text_layers, vision_layers)
+    rows: list[dict] = []
     for variant in variants:
-        limit = psutil.virtual_memory().available / 1e9 - 2.0  # leave the machine 2 GB
         load = os.getloadavg()[0]
-        rows.append(run_variant(variant, folders, root / f"out-{variant}", limit))
-        rows[-1].update(load_before=round(load, 1), params_b=round(params / 1e9, 3))
-        print(json.dumps(rows[-1]), flush=True)
+        _record(rows, run_variant(variant, folders, root / f"out-{variant}", _limit()), params, load)
     if (root / "out-naive" / "model.safetensors").exists():
         rows[-1]["same_as_streaming"] = same_output(root / "out-streaming", root / "out-naive")
     shutil.rmtree(root, ignore_errors=True)
     return rows, params
 
 
+def side_by_side(root: Path, layers: tuple[int, int], methods: list[str], venv_root: Path) -> tuple[list[dict], int]:
+    """read, then per method pgm and mergekit on the same inputs (TIES twice for pgm: with an
+    empty torch.compile cache, then warm), each output compared with mergekit's and deleted."""
+    import mergekit_compare as mk
+
+    exe = mk.make_venv(venv_root)
+    folders, params = generated(root, *layers)
+    views = mk.raw_names_view(folders, root / "views")
+    compile_cache = {"TORCHINDUCTOR_CACHE_DIR": str(root / "inductor-cache")}  # starts empty: cold
+    rows: list[dict] = []
+    _record(rows, run_variant("read", folders, root / "out-read", _limit()), params, os.getloadavg()[0])
+    for method in methods:
+        runs = [("cold", compile_cache), ("warm", compile_cache)] if method == "ties" else [("", compile_cache)]
+        for label, env in runs:
+            load = os.getloadavg()[0]
+            row = run_variant("streaming", folders, root / f"pgm-{method}", _limit(), method, env)
+            row["variant"] += f" ({label})" if label else ""
+            _record(rows, row, params, load)
+        load = os.getloadavg()[0]
+        row = run_mergekit(exe, method, views, folders, root / f"mk-{method}", _limit())
+        if "error" not in row and method != "dare_ties":  # DARE's random masks differ by design
+            row.update(mk.compare(root / f"pgm-{method}", root / f"mk-{method}", folders, method, 0.3))
+        _record(rows, row, params, load)
+        shutil.rmtree(root / f"mk-{method}", ignore_errors=True)
+        shutil.rmtree(root / f"pgm-{method}", ignore_errors=True)
+        if method == "ties":  # what mergekit does with the checkpoint as saved: how many it writes
+            load = os.getloadavg()[0]
+            row = run_mergekit(exe, method, folders, folders, root / "mk-as-saved", _limit(), " (config as saved)")
+            from paligemma_cli.merge.sources import safetensors_header
+
+            row["mergekit_tensors"] = len(safetensors_header(root / "mk-as-saved", "mergekit"))
+            row["base_tensors"] = len(safetensors_header(folders[0], "base"))
+            _record(rows, row, params, load)
+            shutil.rmtree(root / "mk-as-saved", ignore_errors=True)
+    return rows, params
+
+
+def side_table(rows: list[dict], label: str) -> str:
+    """pgm beside mergekit per method: wall (whole process), CPU, peak RSS, ratio, differences."""
+    lines = [f"| {label} | wall (s) | x mergekit's wall | CPU (s) | peak RSS (GB) | max abs diff vs pgm "
+             "| max abs diff off cut-off ties |", "|---|---:|---:|---:|---:|---:|---:|"]
+    mk_wall = {r["variant"].split()[1]: r["process_s"] for r in rows if r["variant"].startswith("mergekit ")
+               and "as saved" not in r["variant"] and "error" not in r}
+    for r in rows:
+        method = r["variant"].split()[1] if " " in r["variant"] else ""
+        as_saved = "as saved" in r["variant"]
+        ratio = f"{r['process_s'] / mk_wall[method]:.2f}" if method in mk_wall and "error" not in r \
+            and not as_saved else ""
+        if as_saved and "mergekit_tensors" in r:
+            r = {**r, "variant": f"{r['variant']}: writes {r['mergekit_tensors']} of {r['base_tensors']} tensors"}
+        diff = f"{r['max_abs_diff']:.3g}" if "max_abs_diff" in r else ""
+        off = f"{r['max_abs_diff_off_ties']:.3g}" if "max_abs_diff_off_ties" in r else ""
+        wall = r.get("error") or f"{r['process_s']:.1f}"
+        lines.append(f"| {r['variant']} | {wall} | {ratio} | {r['cpu_s']:.0f} | {r['peak_rss_gb']:.2f} | {diff} | {off} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
+    global VOCAB
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--layers-fraction", type=float, default=1.0, help="scale the model by its layer count")
     ap.add_argument("--naive-fraction", type=float, default=1 / 3,
                     help="layer fraction for the naive comparison when the full size does not fit in RAM")
     ap.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()))
+    ap.add_argument("--methods", default="ties,dare_ties,task_arithmetic",
+                    help="methods run beside mergekit (comma-separated; empty: no mergekit rows)")
+    ap.add_argument("--mergekit-venv", type=Path, default=None,
+                    help="folder holding (or to hold) mergekit's venv, kept; default: a temp one, deleted")
+    ap.add_argument("--no-naive", action="store_true", help="skip the read/streaming/naive tables")
+    ap.add_argument("--vocab", type=int, default=VOCAB, help="embedding rows (fewer: a quick check of the script)")
     args = ap.parse_args()
+    VOCAB = args.vocab
 
     import psutil
     import torch
@@ -282,19 +398,27 @@ def main() -> None:
         raise SystemExit(f"need {5.5 * size_gb:.0f} GB free in {args.workdir}, have {free_disk:.0f} GB")
     root = Path(tempfile.mkdtemp(prefix="pgm-bench-merge-", dir=args.workdir))
     sections, everything = [], []
+    methods = [m for m in args.methods.split(",") if m]
     try:
-        # naive holds three models and builds a fourth: only at full size if that fits with room
-        naive_fits = psutil.virtual_memory().available / 1e9 > 4.3 * size_gb + 3
-        variants = ("read", "streaming", "naive") if naive_fits else ("read", "streaming")
-        rows, params = compare(root / "full", *layers, variants)
-        sections.append(table(rows, params * 2 / 1e9, f"{params / 1e9:.2f}B params, 3 inputs, bf16"))
-        everything += rows
-        if not naive_fits:
-            small = (max(1, round(layers[0] * args.naive_fraction)), max(1, round(layers[1] * args.naive_fraction)))
-            rows, params = compare(root / "small", *small, ("read", "streaming", "naive"))
-            sections.append(table(rows, params * 2 / 1e9, f"{params / 1e9:.2f}B params ({small[0]}+{small[1]} "
-                                  "layers), 3 inputs, bf16"))
+        if methods:
+            rows, params = side_by_side(root / "side", layers, methods, args.mergekit_venv or root)
+            sections.append(side_table(rows, f"{params / 1e9:.2f}B params, 3 inputs, bf16"))
             everything += rows
+            shutil.rmtree(root / "side", ignore_errors=True)
+        if not args.no_naive:
+            # naive holds three models and builds a fourth: only at full size if that fits with room
+            naive_fits = psutil.virtual_memory().available / 1e9 > 4.3 * size_gb + 3
+            variants = ("read", "streaming", "naive") if naive_fits else ("read", "streaming")
+            rows, params = compare(root / "full", *layers, variants)
+            sections.append(table(rows, params * 2 / 1e9, f"{params / 1e9:.2f}B params, 3 inputs, bf16"))
+            everything += rows
+            if not naive_fits:
+                small = (max(1, round(layers[0] * args.naive_fraction)),
+                         max(1, round(layers[1] * args.naive_fraction)))
+                rows, params = compare(root / "small", *small, ("read", "streaming", "naive"))
+                sections.append(table(rows, params * 2 / 1e9, f"{params / 1e9:.2f}B params ({small[0]}+"
+                                      f"{small[1]} layers), 3 inputs, bf16"))
+                everything += rows
     finally:
         shutil.rmtree(root, ignore_errors=True)
     info = (f"{os.cpu_count()} CPU cores ({platform.machine()}), {psutil.virtual_memory().total / 2**30:.0f} GiB RAM, "

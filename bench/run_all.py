@@ -1,8 +1,9 @@
 """`make bench`: run every benchmark in bench/ in turn (each prints its own side-by-side table).
 
 The merge benchmark writes ~12 GB of synthetic 3B-shaped checkpoints to a temp dir and takes
-minutes; the scoring benchmark writes ~2.5 GB of official-format JSON (GQA val at its real size) and
-the official GQA loop it runs beside pgm peaks at ~11 GB of RAM. Pass names to run a subset:
+minutes (beside mergekit, which it installs into a throw-away venv, about an hour on 2 cores); the
+scoring benchmark writes ~2.5 GB of official-format JSON (GQA val at its real size) and the official
+GQA loop it runs beside pgm peaks at ~11 GB of RAM. Pass names to run a subset:
 `python bench/run_all.py metrics generate`.
 """
 

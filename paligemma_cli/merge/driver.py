@@ -33,6 +33,7 @@ from paligemma_cli.merge.writer import ITEM_BYTES, ShardedWriter
 
 CHUNK_ENTRIES = 1 << 22  # rows per chunk are chosen so a chunk holds at most about this many
 CACHE_BYTES = 768 * 1024**2  # raw input rows kept between a tensor's two passes, at most
+SAMPLE_ENTRIES, SAMPLE_GROUPS = 1 << 18, 64  # TIES' top-k bracket: entries sampled per tensor, runs
 DEFAULT_DENSITY = 0.3  # the original merge_vlm.py's default
 FLOAT_DTYPES = ("F64", "F32", "BF16", "F16")
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".h5", ".msgpack", ".ckpt")
@@ -172,6 +173,27 @@ class _TensorMerge:
             self.cache[rows] = raws
         return raws
 
+    def same_as_base(self, rows, i: int, raw: torch.Tensor, base_raw: torch.Tensor) -> bool:
+        if (rows, i) not in self.unchanged:
+            self.unchanged[rows, i] = raw.dtype == base_raw.dtype and torch.equal(raw, base_raw)
+        return self.unchanged[rows, i]
+
+    def fused_chunks(self, stats: MergeStats):
+        """Task arithmetic over full models, base + lam * sum w_i tau_i, in one fused pass per
+        chunk: the arithmetic of `combine` and `_add_to_base`, in their order, without storing
+        any float32 task vector. Yields (base raw, merged chunk or None where it is the base's)."""
+        p = self.p
+        self.cache = None  # one pass: nothing to keep between passes
+        divide = p.normalize and abs(sum(p.weights)) > 1e-8
+        for rows in self.rows:
+            raws = self.raws(rows)
+            if all(self.same_as_base(rows, i, raw, raws[0]) for i, raw in enumerate(raws[1:])):
+                yield raws[0], None
+                continue
+            stats.add(MergeStats(entries=raws[0].numel() * len(self.inputs)))
+            yield raws[0], _task_arithmetic(raws[0], raws[1:], tuple(float(w) for w in p.weights),
+                                            divide, float(p.lam))
+
     def chunk(self, rows, magnitudes: bool = False):
         """(base raw, base fp32, per-input tau or None where it is zero) for `rows`; with
         `magnitudes`, |tau| instead of tau. Task-vector methods get the raw base in place of
@@ -185,13 +207,33 @@ class _TensorMerge:
                 delta = src.delta(self.key, rows, base, base_raw)
                 values.append(delta.abs_() if magnitudes and delta is not None else delta)
                 continue
-            if (rows, i) not in self.unchanged:
-                self.unchanged[rows, i] = raw.dtype == base_raw.dtype and torch.equal(raw, base_raw)
-            if self.unchanged[rows, i]:
+            if self.same_as_base(rows, i, raw, base_raw):
                 values.append(None)
             else:
                 values.append((_magnitude if magnitudes else _task_vector)(raw, base_raw))
         return base_raw, base, values
+
+    def sample(self) -> list[torch.Tensor | None]:
+        """Per input, |tau| on SAMPLE_GROUPS evenly spread runs of rows (about SAMPLE_ENTRIES in
+        all), read apart from the chunks: it only narrows the search for the exact top-k."""
+        n_rows = self.info.shape[0]
+        row = math.prod(self.info.shape) // n_rows
+        groups = min(SAMPLE_GROUPS, n_rows)
+        per = max(1, SAMPLE_ENTRIES // (groups * row))
+        parts: list[list[torch.Tensor]] = [[] for _ in self.inputs]
+        for g in range(groups):
+            start = g * n_rows // groups
+            rows = (start, min(n_rows, start + per))
+            base_raw = read_rows(self.info.file, self.key, rows)
+            for i, src in enumerate(self.inputs):
+                if isinstance(src, FullModel):
+                    key = src.by_module[module_name(self.key)]
+                    mag = _magnitude(read_rows(src.tensors[key].file, key, rows), base_raw)
+                else:
+                    delta = src.delta(self.key, rows, base_raw.float(), base_raw)
+                    mag = torch.zeros(base_raw.shape) if delta is None else delta.abs_()
+                parts[i].append(mag.reshape(-1))
+        return [torch.cat(p) for p in parts]
 
     def hints(self) -> TensorHints:
         """Whole-tensor statistics from a first pass over the chunks (when there are several)."""
@@ -207,7 +249,7 @@ class _TensorMerge:
                     yield (rows[1] - rows[0]) * (numel // self.info.shape[0]), mags
 
             k = int(self.p.density * numel)
-            hints.cutoffs = kth_largest(magnitudes, [k] * len(self.inputs), numel)
+            hints.cutoffs = kth_largest(magnitudes, [k] * len(self.inputs), numel, self.sample())
         elif self.method.name == "slerp":
             sums = [0.0, 0.0, 0.0]
             for rows in self.rows:
@@ -240,6 +282,23 @@ def _task_vector(raw: torch.Tensor, base_raw: torch.Tensor) -> torch.Tensor:
 @fusable
 def _magnitude(raw: torch.Tensor, base_raw: torch.Tensor) -> torch.Tensor:
     return (raw.float() - base_raw.float()).abs()
+
+
+@fusable
+def _task_arithmetic(base_raw: torch.Tensor, raws: list[torch.Tensor], weights: tuple[float, ...],
+                     divide: bool, lam: float) -> torch.Tensor:
+    base = base_raw.float()
+    mixed = None
+    for raw, w in zip(raws, weights):
+        e = raw.float() - base
+        if w != 1.0:
+            e = e * w
+        mixed = e if mixed is None else mixed + e
+    if divide:
+        mixed = mixed / sum(weights)
+    if lam != 1.0:
+        mixed = mixed * lam
+    return (base + mixed).to(base_raw.dtype)
 
 
 @fusable
@@ -348,6 +407,10 @@ def _merge_tensors(method, params, base, inputs, writer, progress) -> dict[str, 
         if info.dtype not in FLOAT_DTYPES or not any(src.touches(key) for src in inputs) and zero_safe:
             for rows in _chunk_rows(info):
                 writer.write(key, read_rows(info.file, key, rows))
+        elif method.name == "task_arithmetic" and all(isinstance(src, FullModel) for src in inputs):
+            for base_raw, out in _TensorMerge(key, info, inputs, method, params).fused_chunks(stats):
+                changed = changed or out is not None
+                writer.write(key, base_raw if out is None else out)
         else:
             for base_raw, _, merged in _TensorMerge(key, info, inputs, method, params).merged_chunks(
                     stats, zero_safe):

@@ -2,9 +2,13 @@
 
 TIES keeps the top `int(density * numel)` entries of |tau| per tensor. A 3B model's embedding
 task vector alone is 2 GB in fp32, so the k-th largest magnitude is found without holding the
-tensor: a two-pass radix select over the float32 bit patterns (for non-negative floats the bits
-sort like the values), fed by chunks. Entries equal to the cut-off value are kept in flat order
-until exactly k are kept, so the result is deterministic and does not depend on chunking.
+tensor. Given a sample of the magnitudes (the driver reads a few spread-out rows), one pass over
+the chunks counts the entries above a bracket around the sample's quantile and keeps those inside
+it; the k-th largest is then an exact `kthvalue` among the few kept. When the bracket misses (a
+sample unlike the tensor), a two-pass radix select over the float32 bit patterns (for
+non-negative floats the bits sort like the values) finds it instead. Entries equal to the cut-off
+value are kept in flat order until exactly k are kept, so the result is deterministic and does
+not depend on chunking or on the sample.
 
 DARE's masks are drawn in fixed row blocks, each from its own generator seeded by
 (seed, tensor, model, block): the same seed gives the same masks however the driver chunks.
@@ -23,7 +27,8 @@ from paligemma_cli.merge.fused import fusable
 
 _HI_BINS = 1 << 15  # bits 30..16 of a non-negative float32: exponent + top 7 mantissa bits
 _LO_BINS = 1 << 16  # bits 15..0
-SMALL_TENSOR = 1 << 20  # up to this many entries, the k-th largest comes from torch.kthvalue
+SMALL_TENSOR = 1 << 22  # up to this many entries, the k-th largest comes from torch.kthvalue
+BRACKET_SIGMAS = 6.0  # half-width of the sample bracket in binomial standard deviations of a rank
 RNG_BLOCK = 1 << 20  # DARE draws its randomness in blocks of about this many entries
 
 
@@ -38,6 +43,7 @@ class Cutoff:
     value: float
     ties: int = 0
     equal: int = 0  # entries equal to `value` not yet masked (whole tensor at the start)
+    chunk_equal: list[int] | None = None  # per chunk, in order: entries equal to `value` (if known)
 
     @classmethod
     def keep_all(cls) -> "Cutoff":
@@ -57,13 +63,15 @@ def _pick_bin(hist: torch.Tensor, k: int) -> tuple[int, int]:
 
 
 def kth_largest(magnitudes: Callable[[], Iterable[tuple[int, Sequence[torch.Tensor | None]]]],
-                ks: Sequence[int], numel: int) -> list[Cutoff]:
+                ks: Sequence[int], numel: int, sample: Sequence[torch.Tensor | None] | None = None
+                ) -> list[Cutoff]:
     """Per model i, the cut-off that keeps exactly the `ks[i]` largest of its magnitudes.
 
     `magnitudes()` yields, chunk by chunk in flat order, (entries in the chunk, one non-negative
-    float32 tensor per model or None where that model's chunk is all zero). It is called twice
-    (a radix select in two passes), so a caller streaming from disk reads twice; all models
-    share the reads.
+    float32 tensor per model or None where that model's chunk is all zero). With a `sample` of
+    each model's magnitudes it is usually called once (the bracket pass); otherwise, or where a
+    bracket misses, twice more (the radix select), so a caller streaming from disk reads again.
+    All models share the reads.
     """
     n = len(ks)
     cuts: list[Cutoff | None] = [Cutoff.keep_none() if k <= 0 else Cutoff.keep_all() if k >= numel
@@ -79,30 +87,96 @@ def kth_largest(magnitudes: Callable[[], Iterable[tuple[int, Sequence[torch.Tens
             cuts[i] = Cutoff(value=value, ties=ks[i] - int((mag > value).count_nonzero()),
                              equal=int((mag == value).count_nonzero()))
         return cuts
-    hist = torch.zeros(len(ks), _HI_BINS, dtype=torch.int64)
+    if sample is not None:
+        for i, cut in _bracket_select(magnitudes, {i: ks[i] for i in todo}, numel, sample).items():
+            cuts[i] = cut
+        todo = [i for i in todo if cuts[i] is None]
+    if todo:
+        for i, cut in _radix_select(magnitudes, {i: ks[i] for i in todo}).items():
+            cuts[i] = cut
+    return cuts
+
+
+def _bracket(sample: torch.Tensor, k: int, numel: int) -> tuple[float, float]:
+    """(lo, hi): sample values that hold the k-th largest of `numel` magnitudes between them with
+    overwhelming probability when the sample is drawn like the tensor (a miss only costs time)."""
+    m = sample.numel()
+    p = k / numel
+    rank = p * m  # the k-th largest of the tensor sits near this rank (from the top) of the sample
+    half = BRACKET_SIGMAS * math.sqrt(m * p * (1 - p)) + 8
+    top, bottom = math.floor(rank - half), math.ceil(rank + half)
+    ordered = sample.sort(descending=True).values
+    hi = math.inf if top < 1 else float(ordered[top - 1])
+    lo = 0.0 if bottom > m else float(ordered[bottom - 1])
+    return lo, hi
+
+
+def _bracket_select(magnitudes, ks: dict[int, int], numel: int,
+                    sample: Sequence[torch.Tensor | None]) -> dict[int, Cutoff]:
+    """One pass: per model, count the entries above the bracket and keep those inside it (per
+    chunk, so the merge pass knows how many entries equal to the cut-off each chunk holds)."""
+    brackets = {i: _bracket(sample[i].reshape(-1).float(), k, numel) for i, k in ks.items()
+                if sample[i] is not None and sample[i].numel() > 0}
+    above = dict.fromkeys(brackets, 0)
+    inside: dict[int, list[torch.Tensor]] = {i: [] for i in brackets}
+    zeros = dict.fromkeys(brackets, 0)  # entries of all-zero chunks (None), inside when lo == 0
+    for size, chunk in magnitudes():
+        for i, (lo, hi) in brackets.items():
+            if chunk[i] is None:
+                zeros[i] += size
+                inside[i].append(torch.zeros(0))
+                continue
+            mag = chunk[i].reshape(-1)
+            n_above, within = _bracket_pass(mag, torch.tensor(lo), torch.tensor(hi))
+            above[i] += int(n_above)
+            inside[i].append(mag[within])
+    cuts = {}
+    for i, (lo, hi) in brackets.items():
+        kept = torch.cat(inside[i])
+        need = ks[i] - above[i]  # the k-th largest is the need-th largest inside the bracket
+        if not 1 <= need <= kept.numel() or (lo <= 0.0 and zeros[i]):
+            continue  # the bracket missed (or all-zero chunks sit inside it): radix select
+        value = float(torch.kthvalue(kept, kept.numel() - need + 1).values)
+        chunk_equal = [int((c == value).count_nonzero()) for c in inside[i]]
+        cuts[i] = Cutoff(value=value, ties=ks[i] - above[i] - int((kept > value).count_nonzero()),
+                         equal=sum(chunk_equal), chunk_equal=chunk_equal)
+    return cuts
+
+
+@fusable
+def _bracket_pass(mag: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """How many magnitudes lie above `hi`, and which lie in [lo, hi] (one sweep when compiled)."""
+    return (mag > hi).sum(), (mag >= lo) & (mag <= hi)
+
+
+def _radix_select(magnitudes, ks: dict[int, int]) -> dict[int, Cutoff]:
+    """Two passes of histograms over the float32 bit patterns: bits 30..16, then 15..0."""
+    todo = list(ks)
+    hist = {i: torch.zeros(_HI_BINS, dtype=torch.int64) for i in todo}
     for size, chunk in magnitudes():
         for i in todo:
             if chunk[i] is None:
-                hist[i, 0] += size
+                hist[i][0] += size
             else:
                 hist[i] += torch.bincount(_hi_bins(chunk[i].reshape(-1)), minlength=_HI_BINS)
     picks = {i: _pick_bin(hist[i], ks[i]) for i in todo}
-    hist_lo = torch.zeros(len(ks), _LO_BINS, dtype=torch.int64)
+    hist_lo = {i: torch.zeros(_LO_BINS, dtype=torch.int64) for i in todo}
     for size, chunk in magnitudes():
         for i in todo:
             hi_bin = picks[i][0]
             if chunk[i] is None:
                 if hi_bin == 0:
-                    hist_lo[i, 0] += size
+                    hist_lo[i][0] += size
                 continue
             lo = _lo_bins(chunk[i].reshape(-1), torch.tensor(hi_bin, dtype=torch.int32))
             hist_lo[i] += torch.bincount(lo, minlength=_LO_BINS + 1)[:_LO_BINS]
+    cuts = {}
     for i in todo:
         hi_bin, above_bin = picks[i]
         lo_bin, above_lo = _pick_bin(hist_lo[i], ks[i] - above_bin)
         bits = torch.tensor([(hi_bin << 16) | lo_bin], dtype=torch.int32)
         cuts[i] = Cutoff(value=float(bits.view(torch.float32).item()), ties=ks[i] - above_bin - above_lo,
-                         equal=int(hist_lo[i, lo_bin]))
+                         equal=int(hist_lo[i][lo_bin]))
     return cuts
 
 
@@ -121,18 +195,24 @@ def _lo_bins(mag: torch.Tensor, hi_bin: torch.Tensor) -> torch.Tensor:
 
 def magnitude_keep(mag: torch.Tensor, cut: Cutoff) -> torch.Tensor:
     """Boolean mask of the entries `cut` keeps in this chunk (consumes `cut.ties`)."""
+    if cut.chunk_equal:
+        cut.chunk_equal.pop(0)  # counted below; keep the per-chunk counts in step
     keep = mag > cut.value
     if cut.ties <= 0:
         return keep
-    equal = mag == cut.value
+    return _keep_first_equal(keep, mag == cut.value, cut)
+
+
+def _keep_first_equal(keep: torch.Tensor, equal: torch.Tensor, cut: Cutoff) -> torch.Tensor:
+    """`keep` plus the entries of `equal` still within the quota `cut.ties`, in flat order."""
     n_equal = int(equal.count_nonzero())
     cut.equal -= n_equal
     if n_equal <= cut.ties:
         cut.ties -= n_equal
         return keep | equal
     # The quota runs out inside this chunk: keep the first `ties` equal entries in flat order.
-    rank = equal.reshape(-1).cumsum(0).view(equal.shape)
-    keep |= equal & (rank <= cut.ties)
+    keep = keep.contiguous()
+    keep.view(-1)[equal.reshape(-1).nonzero()[:cut.ties, 0]] = True
     cut.ties = 0
     return keep
 
@@ -141,16 +221,19 @@ def chunk_rule(delta: torch.Tensor, cut: Cutoff) -> tuple[float, float] | torch.
     """How `cut` applies to this chunk of a task vector (consuming its equal-entry quota):
     (value, 1.0) keep > value and == value; (value, 0.0) keep > value only; or, in the one chunk
     where the quota of equal entries runs out, an explicit boolean mask."""
+    n_equal = cut.chunk_equal.pop(0) if cut.chunk_equal else None
     if cut.ties <= 0:
         return (cut.value, 0.0)
     if cut.ties >= cut.equal:  # every remaining equal entry is kept: no need to count them
         return (cut.value, 1.0)
-    n_equal = int(_count_equal(delta, torch.tensor(cut.value)))
+    if n_equal is None:
+        n_equal = int(_count_equal(delta, torch.tensor(cut.value)))
     if n_equal <= cut.ties:
         cut.ties -= n_equal
         cut.equal -= n_equal
         return (cut.value, 1.0)
-    return magnitude_keep(delta.abs(), cut)
+    mag = delta.abs()
+    return _keep_first_equal(mag > cut.value, mag == cut.value, cut)
 
 
 @fusable

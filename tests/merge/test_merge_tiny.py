@@ -111,6 +111,23 @@ def test_streaming_in_row_chunks_writes_identical_bytes(merge_inputs, tmp_path, 
         assert torch.equal(whole[key], chunked[key]), key
 
 
+def test_fused_task_arithmetic_of_full_models_matches_the_method_byte_for_byte(merge_inputs, tmp_path,
+                                                                            monkeypatch):
+    from paligemma_cli.merge.methods import MergeParams, get_method
+
+    p, kw = merge_inputs, dict(weights=(1.0, 0.5), lam=0.8, normalize=True)
+    run_merge(p["base"], [p["noisy_1"], p["noisy_2"]], tmp_path / "ta", mode="task_arithmetic", **kw)
+    monkeypatch.setattr(driver, "CHUNK_ENTRIES", 2048)  # the embedding in row chunks
+    run_merge(p["base"], [p["noisy_1"], p["noisy_2"]], tmp_path / "chunked", mode="task_arithmetic", **kw)
+    base, one, two = weights(p["base"]), weights(p["noisy_1"]), weights(p["noisy_2"])
+    merged, chunked = weights(tmp_path / "ta"), weights(tmp_path / "chunked")
+    for key in base:  # the generic path: task vectors, the method's combine, then the base added
+        deltas = [m[key].float() - base[key].float() for m in (one, two)]
+        change, _ = get_method("task_arithmetic")(base[key].float(), deltas, MergeParams(**kw))
+        expected = (base[key].float() + change).to(base[key].dtype)
+        assert torch.equal(merged[key], expected) and torch.equal(chunked[key], expected), key
+
+
 def test_adapter_output_refits_a_lora_that_peft_loads(merge_inputs, tmp_path):
     from peft import PeftModel
     from transformers import AutoModelForImageTextToText

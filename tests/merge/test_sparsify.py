@@ -1,4 +1,4 @@
-"""Exact magnitude top-k by radix select, streamed in chunks, against sorting."""
+"""Exact magnitude top-k (sampled bracket, radix select), streamed in chunks, against sorting."""
 
 from __future__ import annotations
 
@@ -28,6 +28,22 @@ def test_streamed_selection_matches_a_stable_sort(monkeypatch, small):
         k = int(torch.randint(0, n + 1, (1,), generator=gen))
         chunks = list(mag.split(97))
         cut = kth_largest(lambda: [(c.numel(), [c]) for c in chunks], [k], n)[0]
+        got = torch.cat([magnitude_keep(c, cut) for c in chunks])
+        assert torch.equal(got, reference_keep(mag, k))
+
+
+@pytest.mark.parametrize("representative", [True, False])  # bracket hit, and a miss (radix fallback)
+def test_sampled_bracket_selection_matches_a_stable_sort(monkeypatch, representative):
+    monkeypatch.setattr(sparsify, "SMALL_TENSOR", 0)
+    gen = torch.Generator().manual_seed(2)
+    for _ in range(25):
+        n = int(torch.randint(50, 3000, (1,), generator=gen))
+        mag = torch.randint(0, 40, (n,), generator=gen).float() * 0.125  # ties at the cut
+        k = int(torch.randint(1, n, (1,), generator=gen))
+        chunks = list(mag.split(97))
+        sample = mag[::7] if representative else torch.full((10_000,), 1000.0)  # above every entry
+        cut = kth_largest(lambda: [(c.numel(), [c]) for c in chunks], [k], n, [sample])[0]
+        assert (cut.chunk_equal is not None) == representative
         got = torch.cat([magnitude_keep(c, cut) for c in chunks])
         assert torch.equal(got, reference_keep(mag, k))
 
