@@ -23,6 +23,7 @@ model, and the table says so. The temp dir is deleted at the end.
 
 from __future__ import annotations
 
+import contextlib
 import argparse
 import json
 import math
@@ -195,21 +196,18 @@ def run_process(cmd: list[str], rss_limit_gb: float, env: dict | None = None) ->
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env={**os.environ, **(env or {})})
     watched, killed = psutil.Process(proc.pid), False
-    try:  # should memory still run out, the kernel kills the benchmarked process, not a bystander
+    # should memory still run out, the kernel kills the benchmarked process, not a bystander
+    with contextlib.suppress(OSError):  # not Linux, or the child already gone
         Path(f"/proc/{proc.pid}/oom_score_adj").write_text("1000")
-    except OSError:
-        pass
     while True:
         pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
         if pid:
             break
-        try:
+        with contextlib.suppress(psutil.NoSuchProcess):  # it ended between wait4 and here
             mem = watched.memory_info()  # file-backed pages (mmapped checkpoints) can be dropped
             if mem.rss - mem.shared > rss_limit_gb * 1e9:
                 watched.kill()
                 killed = True
-        except psutil.NoSuchProcess:
-            pass
         time.sleep(0.2)
     output = proc.stdout.read()
     result = {"peak_rss_gb": usage.ru_maxrss * 1024 / 1e9, "cpu_s": usage.ru_utime + usage.ru_stime,

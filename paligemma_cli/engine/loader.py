@@ -105,17 +105,13 @@ class WorkerSeed:
         self.seed = seed
 
     def __call__(self, worker_id: int) -> None:
+        import numpy  # transformers requires it
         import torch
 
         value = (self.seed * 1_000_003 + worker_id) % 2**32
         random.seed(value)
         torch.manual_seed(value)
-        try:
-            import numpy
-
-            numpy.random.seed(value)
-        except ImportError:
-            pass
+        numpy.random.seed(value)
 
 
 def make_loader(dataset, *, batch_size: int, collate_fn: Callable, workers: int, seed: int,
