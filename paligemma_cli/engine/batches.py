@@ -22,21 +22,18 @@ IMAGE_TOKEN = "<image>"
 class TrainingSet:
     """A map-style dataset of training items; the target is drawn per (seed, epoch, index).
 
-    Keys are indices or the (epoch, index) pairs the training samplers yield; a bare index uses
-    the epoch of `set_epoch` (which does not reach the copies in worker processes).
+    Keys are the (epoch, index) pairs the training samplers yield (the epoch must travel with the
+    key: a `set_epoch` here would not reach the copies in worker processes); a bare index is epoch 0.
     """
 
     def __init__(self, task: Task, examples: Sequence[Example], seed: int):
-        self.task, self.examples, self.seed, self.epoch = task, examples, seed, 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+        self.task, self.examples, self.seed = task, examples, seed
 
     def __len__(self) -> int:
         return len(self.examples)
 
     def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
-        epoch, index = key if isinstance(key, tuple) else (self.epoch, key)
+        epoch, index = key if isinstance(key, tuple) else (0, key)
         ex = self.examples[index]
         rng = random.Random(f"{self.seed}:{epoch}:{index}")  # reproducible across resumes
         try:
