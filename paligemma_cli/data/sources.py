@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from paligemma_cli.config import DataConfig
+from paligemma_cli.engine.events import Events
 from paligemma_cli.errors import PgmError
 from paligemma_cli.tasks import Example, Task
 from paligemma_cli.tasks.records import paused_gc
@@ -140,16 +141,21 @@ def _hub_image_loader(ds, index: int, column: str) -> Callable[[], Any]:
 
 # ----- images -----------------------------------------------------------------------------------
 
-def check_image_files(examples: list[Example]) -> None:
+def check_image_files(examples: list[Example], events: Events | None = None) -> None:
     """Fail before training on missing/unreadable image files: name the first, count the rest.
 
-    One process, threads and the PGM_HOME cache; `pgm train` calls `data.image_check` itself to
-    share the work between processes and show progress.
+    One process, threads and the PGM_HOME cache, progress through `events`; `pgm train` calls
+    `data.image_check` itself to share the work between processes.
     """
     from paligemma_cli.data.image_check import check_images, combine, image_files
 
+    events = events or Events()
     paths = image_files(examples)
-    combine([check_images(paths)], len(paths))
+    events.phase_start(f"Checking {len(paths):,} image files", total=len(paths))
+    result = check_images(paths, advance=events.phase_advance)
+    combine([result], len(paths))
+    events.phase_end(f"all open ({result.cached:,} unchanged since an earlier check)" if result.cached
+                     else "all open")
 
 
 def open_image(ref: Path | Callable[[], Any]):

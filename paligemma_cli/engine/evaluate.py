@@ -215,10 +215,12 @@ def run_evaluation(task: Task, data, *, model_cfg=None, adapter: Path | None = N
                    batch_size: int = 16, always_normalize: bool = False,
                    events: Events | None = None) -> EvalResult:
     """`pgm eval`: score a results file, or generate with the model (+ adapter) and score."""
-    from paligemma_cli.data.sources import load_examples, split_for
+    from paligemma_cli.data.sources import check_image_files, load_examples, split_for
 
     split = split_for(task, data, "eval")
-    examples = load_examples(task, data, "eval", check_images=predictions_file is None)
+    examples = load_examples(task, data, "eval", check_images=False)
+    if predictions_file is None:  # scoring a results file never opens an image
+        check_image_files(examples, events)
     with paused_gc():
         extra = task.load_score_extra(Path(data.data_root), split) if data.data_root is not None else {}
     extra["always_normalize"] = always_normalize
