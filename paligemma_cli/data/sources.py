@@ -141,21 +141,26 @@ def _hub_image_loader(ds, index: int, column: str) -> Callable[[], Any]:
 
 # ----- images -----------------------------------------------------------------------------------
 
-def check_image_files(examples: list[Example], events: Events | None = None) -> None:
+def check_image_files(examples: list[Example], events: Events | None = None, *, rank: int = 0,
+                      world: int = 1, gather: Callable[[list], list] | None = None) -> None:
     """Fail before training on missing/unreadable image files: name the first, count the rest.
 
-    One process, threads and the PGM_HOME cache, progress through `events`; `pgm train` calls
-    `data.image_check` itself to share the work between processes.
+    Threads and the PGM_HOME cache (data.image_check), progress through `events`. Under several
+    processes each checks its 1/`world` of the images and `gather` (accelerate's gather_object)
+    combines the results, so every process raises the same error.
     """
     from paligemma_cli.data.image_check import check_images, combine, image_files
 
     events = events or Events()
     paths = image_files(examples)
-    events.phase_start(f"Checking {len(paths):,} image files", total=len(paths))
-    result = check_images(paths, advance=events.phase_advance)
-    combine([result], len(paths))
-    events.phase_end(f"all open ({result.cached:,} unchanged since an earlier check)" if result.cached
-                     else "all open")
+    share = len(paths[rank::world])
+    events.phase_start(f"Checking {len(paths):,} image files" + (f" ({share:,} here)" if world > 1 else ""),
+                       total=share)
+    result = check_images(paths, rank=rank, world=world, advance=events.phase_advance)
+    results = gather([result]) if gather is not None and world > 1 else [result]
+    combine(results, len(paths))
+    cached = sum(r.cached for r in results)
+    events.phase_end(f"all open ({cached:,} unchanged since an earlier check)" if cached else "all open")
 
 
 def open_image(ref: Path | Callable[[], Any]):

@@ -173,18 +173,10 @@ def _check_images(examples: list, accelerator, events: Events) -> None:
     """
     from accelerate.utils import gather_object
 
-    from paligemma_cli.data.image_check import check_images, combine, image_files
+    from paligemma_cli.data.sources import check_image_files
 
-    paths = image_files(examples)
-    rank, world = accelerator.process_index, accelerator.num_processes
-    share = len(paths[rank::world])
-    events.phase_start(f"Checking {len(paths):,} image files" + (f" ({share:,} here)" if world > 1 else ""),
-                       total=share)
-    result = check_images(paths, rank=rank, world=world, advance=events.phase_advance)
-    results = gather_object([result]) if world > 1 else [result]
-    combine(results, len(paths))
-    cached = sum(r.cached for r in results)
-    events.phase_end(f"all open ({cached:,} unchanged since an earlier check)" if cached else "all open")
+    check_image_files(examples, events, rank=accelerator.process_index, world=accelerator.num_processes,
+                      gather=gather_object)
 
 
 def train(run: TrainRun, events: Events | None = None) -> TrainResult:
