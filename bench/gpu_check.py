@@ -31,15 +31,16 @@ On a GPU machine: `make install TORCH_SPEC="torch --index-url https://download.p
 where the machine has network. Without network (the lent H200s have none), carry wheels: pgm's
 training path needs torch (CUDA), transformers >= 5, peft, accelerate, bitsandbytes (its wheel
 carries the CUDA 11.8-13.2 kernels), tokenizers, safetensors, sentencepiece, pillow, numpy, pyyaml,
-matplotlib, psutil, typer, rich (datasets, rapidfuzz, pycocoevalcap and wandb are not imported: the
---tiny run passes with them hidden). The H200 image already has all of them but bitsandbytes
-(torch 2.11 cu130, transformers 5.17, huggingface_hub 1.33: --tiny passes with those transformers
-and hub versions), so:
+msgspec, matplotlib, psutil, typer, rich (datasets, rapidfuzz, pycocoevalcap and wandb are not imported: the
+--tiny run passes with them hidden). The H200 image already has all of them but bitsandbytes and msgspec
+(torch 2.11 cu130, transformers 5.17, huggingface_hub 1.33: the run of 2026-12-04 passed with those), so:
   pip download --no-deps --only-binary=:all: --python-version 3.12 --platform manylinux_2_24_x86_64 \\
       -d .whl bitsandbytes==0.50.2                      # here, into the git-ignored .whl/ (43 MB)
+  pip download --no-deps --only-binary=:all: --python-version 3.12 --platform manylinux_2_17_x86_64 \\
+      -d .whl msgspec==0.23.0
   python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl && \\
       PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1 python3 bench/gpu_check.py --out $OUT --budget-s 420
-(the second line there, carrying .whl, with a command time limit of about --budget-s + 120 s: a run cut
+(the last line there, carrying .whl, with a command time limit of about --budget-s + 120 s: a run cut
 short still leaves the finished rows in $OUT).
 """
 
