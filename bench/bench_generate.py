@@ -41,9 +41,9 @@ def main() -> int:
 
     from paligemma_cli.cli._ui import quiet_libraries
     from paligemma_cli.config import DataConfig, ModelConfig
-    from paligemma_cli.data.sources import load_examples
-    from paligemma_cli.engine.generate import generate_answers
-    from paligemma_cli.engine.model import load_for_inference, load_processor
+    from paligemma_cli.tasks.sources import load_examples
+    from paligemma_cli.infer.generate import generate_answers
+    from paligemma_cli.model.load import load_for_inference, load_processor
     from paligemma_cli.tasks import get_task
 
     quiet_libraries()

@@ -169,7 +169,7 @@ def main() -> int:
             archive = subprocess.run(["git", "-C", str(REPO), "archive", args.baseline_rev, "paligemma_cli"],
                                      check=True, capture_output=True).stdout
             subprocess.run(["tar", "-x", "-C", str(baseline)], input=archive, check=True)
-        subprocess.run([sys.executable, "-c", "from paligemma_cli.engine.tiny import ensure_tiny; ensure_tiny('tiny')"],
+        subprocess.run([sys.executable, "-c", "from paligemma_cli.model.tiny import ensure_tiny; ensure_tiny('tiny')"],
                        env=env, check=True, cwd=REPO)
         rows = []
         for task in args.tasks:

@@ -44,7 +44,7 @@ SPEED_TARGET, PADDING_TARGET = 2.0, 0.15
 # (a): pgm train with the collator padding every row to max_length, as the original scripts do.
 FIXED_PADDING = """
 import functools, sys
-from paligemma_cli.engine import batches
+from paligemma_cli.model import batches
 batches.TrainCollator = functools.partial(batches.TrainCollator, pad_to_max_length=True)
 from paligemma_cli.cli import main
 sys.argv[0] = "pgm"
@@ -65,7 +65,7 @@ def write_docvqa(root: Path, examples: int, image_size: int, seed: int = 0) -> d
     from PIL import Image, ImageDraw
 
     from paligemma_cli.data.synthetic import VOCABULARY_TEXT
-    from paligemma_cli.engine.model import load_processor
+    from paligemma_cli.model.load import load_processor
 
     tok = load_processor("tiny").tokenizer
     rng = random.Random(seed)

@@ -5,20 +5,20 @@ Run:  python bench/gpu_check.py --out DIR [--budget-s 420] [--steps 10] [--rows 
 
 Needs no hub and no network. For google/paligemma-3b-pt-224, -448 and paligemma2-3b-pt-448 it builds
 a randomly initialised PaliGemma with the real configuration (pgm's shipped presets,
-engine/presets.py) directly on the GPU in bf16, with the real processor at the real image size and
+model/presets.py) directly on the GPU in bf16, with the real processor at the real image size and
 a tokenizer of the published size (Gemma's 256,000 tokens padded out, + <image>, 1024 <loc>, 128
-<seg>: 257,153 in the 257,216-row vocabulary; engine/tiny.py `build_from_config`), saves it as
+<seg>: 257,153 in the 257,216-row vocabulary; model/tiny.py `build_from_config`), saves it as
 safetensors and loads it back through pgm's own `load_model`, quantised, as a user's run does.
 Data: pgm's synthetic scenes rendered at the model's resolution, as a `--train-file` JSONL of
 one-word VQA answers, so every batch has the same shape and the estimate describes the very batch
 measured. Rows (each fails soft: an error is recorded as its line and the script goes on):
 
-  train:MODEL:QUANT     `engine.train.train()` for --steps steps, batch 4, LoRA r16, gradient
+  train:MODEL:QUANT     `train.loop.train()` for --steps steps, batch 4, LoRA r16, gradient
                         checkpointing, AdamW (pgm's defaults; accumulation 1): samples/s and tokens/s
                         after --warmup steps; torch.cuda.max_memory_allocated / reserved over the
-                        steps beside `engine.memory.estimate` (what `pgm memory-estimate --json`
+                        steps beside `diagnose.memory.estimate` (what `pgm memory-estimate --json`
                         prints) for that batch, in total and per part.
-  generate:MODEL:QUANT  `engine.generate.generate_answers` (the `pgm eval` path), examples/s at
+  generate:MODEL:QUANT  `infer.generate.generate_answers` (the `pgm eval` path), examples/s at
                         batch 1 vs 16, 16 new tokens (a random model seldom stops earlier).
 
 Rows run in priority order; a row is skipped (and recorded so) when the time left of --budget-s is
@@ -61,7 +61,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from paligemma_cli.engine.events import Events  # noqa: E402  (light: no torch, no transformers)
+from paligemma_cli.events import Events  # noqa: E402  (light: no torch, no transformers)
 
 MODELS = {"pg1-224": "google/paligemma-3b-pt-224", "pg1-448": "google/paligemma-3b-pt-448",
           "pg2-448": "google/paligemma2-3b-pt-448"}
@@ -109,9 +109,9 @@ def tiny_spec(preset: dict) -> dict:
 
 
 def estimate_for(spec: dict, model_id: str, quantization: str, geo: dict):
-    """`engine.memory.estimate` for the batch measured (its text tokens and answer positions), and
+    """`diagnose.memory.estimate` for the batch measured (its text tokens and answer positions), and
     the `pgm memory-estimate` arguments that print the same numbers for the preset `model_id`."""
-    from paligemma_cli.engine import memory
+    from paligemma_cli.diagnose import memory
 
     setup = memory.TrainSetup(batch_size=BATCH, max_length=geo["seq_len"] - geo["image_tokens"],
                               quantization=quantization, compute_dtype="bf16", answer_tokens=geo["answer_positions"])
@@ -137,7 +137,7 @@ def compare(est, baseline: int, resident: int, peak: int, reserved: int, device_
 
 
 class Clock(Events):
-    """`Events` for engine.train: step times, losses, and on CUDA the memory around the steps."""
+    """`Events` for train.loop: step times, losses, and on CUDA the memory around the steps."""
 
     def __init__(self, cuda: bool):
         self.cuda = cuda
@@ -197,7 +197,7 @@ class Check:
         self.observed: dict[str, float] = {}  # longest build / train / generate so far (s)
 
     def spec(self, model: str) -> dict:
-        from paligemma_cli.engine.presets import preset_config
+        from paligemma_cli.model.presets import preset_config
 
         preset = preset_config(MODELS[model])
         return tiny_spec(preset) if self.args.tiny else preset
@@ -209,7 +209,7 @@ class Check:
             # bf16 on disk for PaliGemma 1 too (the hub ships fp32): half the bytes to write, and
             # load_model casts to the compute dtype either way.
             spec = {**self.spec(model), "torch_dtype": "bfloat16"}
-            from paligemma_cli.engine.tiny import build_from_config
+            from paligemma_cli.model.tiny import build_from_config
 
             self.dirs[model] = build_from_config(spec, self.work / model, device="cuda" if self.cuda else "cpu")
             self._free()
@@ -238,10 +238,10 @@ class Check:
     def batch_geometry(self, model: str, model_path: str) -> dict:
         """Tokens per row of the batches pgm's collator makes from the data (all the same shape)."""
         from paligemma_cli.config import DataConfig
-        from paligemma_cli.data.sources import load_examples
-        from paligemma_cli.engine.batches import TrainCollator, TrainingSet, image_seq_length
-        from paligemma_cli.engine.loss import answer_positions
-        from paligemma_cli.engine.model import load_processor
+        from paligemma_cli.tasks.sources import load_examples
+        from paligemma_cli.model.batches import TrainCollator, TrainingSet, image_seq_length
+        from paligemma_cli.model.loss import answer_positions
+        from paligemma_cli.model.load import load_processor
         from paligemma_cli.tasks import get_task
 
         processor = load_processor(model_path)
@@ -274,7 +274,7 @@ class Check:
 
     def train_row(self, row: Row, model_path: str) -> dict:
         from paligemma_cli.config import build_run
-        from paligemma_cli.engine.train import train
+        from paligemma_cli.train.loop import train
 
         geo = self.batch_geometry(row.model, model_path)
         run = build_run({"task": "vqav2", "model_path": model_path, "quantization": row.quantization,
@@ -305,9 +305,9 @@ class Check:
 
     def generate_row(self, row: Row, model_path: str) -> dict:
         from paligemma_cli.config import DataConfig, ModelConfig
-        from paligemma_cli.data.sources import load_examples
-        from paligemma_cli.engine.generate import generate_answers
-        from paligemma_cli.engine.model import load_for_inference, load_processor
+        from paligemma_cli.tasks.sources import load_examples
+        from paligemma_cli.infer.generate import generate_answers
+        from paligemma_cli.model.load import load_for_inference, load_processor
         from paligemma_cli.tasks import get_task
 
         start = time.perf_counter()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,11 @@ COMPUTE_DTYPES = ("auto", "bf16", "fp16", "fp32")
 LORA_TARGET_PARTS = ("language", "vision", "projector")
 SCHEDULERS = ("cosine", "linear", "constant")
 OPTIMIZERS = ("adamw", "adamw_8bit", "paged_adamw_8bit")
+
+
+def pgm_home() -> Path:
+    """The folder pgm caches in (the tiny model, the image-check table): $PGM_HOME or ~/.cache/pgm."""
+    return Path(os.environ.get("PGM_HOME") or Path.home() / ".cache" / "pgm")
 
 
 def opt(help: str, *, choices: tuple[str, ...] | None = None, min: float | None = None,

@@ -31,7 +31,7 @@ def pgm_home(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_model_dir(pgm_home):
     """The tiny PaliGemma 1 (Gemma text model) folder, built once (~2 s)."""
-    from paligemma_cli.engine.tiny import ensure_tiny
+    from paligemma_cli.model.tiny import ensure_tiny
 
     return ensure_tiny("tiny")
 
@@ -39,7 +39,7 @@ def tiny_model_dir(pgm_home):
 @pytest.fixture(scope="session")
 def tiny_pg2_dir(pgm_home):
     """The tiny PaliGemma 2 (Gemma 2 text model) folder."""
-    from paligemma_cli.engine.tiny import ensure_tiny
+    from paligemma_cli.model.tiny import ensure_tiny
 
     return ensure_tiny("tiny-pg2")
 

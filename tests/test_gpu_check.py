@@ -86,8 +86,8 @@ def test_rows_are_skipped_when_the_budget_runs_out(gpu_check):
 @pytest.mark.slow
 def test_cuda_peaks_are_put_beside_each_part_and_tabled(gpu_check, check_run):
     """The CUDA branch's arithmetic and table, fed what a GPU would report (none exists here)."""
-    from paligemma_cli.engine import memory
-    from paligemma_cli.engine.presets import preset_config
+    from paligemma_cli.diagnose import memory
+    from paligemma_cli.model.presets import preset_config
 
     est = memory.estimate(preset_config("google/paligemma-3b-pt-448"),
                           memory.TrainSetup(max_length=12, answer_tokens=5))
@@ -113,7 +113,7 @@ def test_the_estimate_it_reports_is_what_memory_estimate_prints(gpu_check, model
     from typer.testing import CliRunner
 
     from paligemma_cli.cli import app
-    from paligemma_cli.engine.presets import preset_config
+    from paligemma_cli.model.presets import preset_config
 
     name = gpu_check.MODELS[model]
     geo = {"seq_len": 1038, "image_tokens": 1024, "answer_positions": 5}
@@ -131,9 +131,9 @@ def test_the_models_it_builds_have_the_real_shapes(name):
     import torch
     from transformers import PaliGemmaForConditionalGeneration
 
-    from paligemma_cli.engine import memory
-    from paligemma_cli.engine.presets import VOCAB, preset_config
-    from paligemma_cli.engine.tiny import config_from_spec
+    from paligemma_cli.diagnose import memory
+    from paligemma_cli.model.presets import VOCAB, preset_config
+    from paligemma_cli.model.tiny import config_from_spec
 
     spec = preset_config(name)
     config, processor = config_from_spec(spec)

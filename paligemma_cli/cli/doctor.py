@@ -43,7 +43,7 @@ def doctor(
     as_json: bool = typer.Option(False, "--json", help="Print JSON for scripts."),
     **flags,
 ) -> None:
-    from paligemma_cli.engine import doctor as engine
+    from paligemma_cli.diagnose import doctor as engine
 
     model_path = flags.get("model_path") or DEFAULT_MODEL
     if error is not None:
@@ -107,7 +107,7 @@ def _read_log(source: str) -> str:
 
 
 def _diagnose(source: str, model_path: str, flags: dict, as_json: bool) -> None:
-    from paligemma_cli.engine.diagnose import diagnose_error
+    from paligemma_cli.diagnose.known_errors import diagnose_error
 
     found = diagnose_error(_read_log(source), model_path=model_path,
                                   batch_size=flags.get("batch_size"),

@@ -70,15 +70,15 @@ def eval_command(
         raise PgmError(f"--adapter {adapter} has no adapter_config.json.",
                        "Point it at a pgm train output dir, a checkpoint or best/.")
     if adapter is not None and values.get("model_path") is None:
-        from paligemma_cli.engine.model import adapter_base_model
+        from paligemma_cli.model.load import adapter_base_model
 
         values["model_path"] = adapter_base_model(adapter)  # the base it was trained on
     run = build_run({**values, "task": t.name, "eval_split": split})
     if predictions is None:  # scoring a file loads no model: keep transformers' 1.5 s import out of it
         quiet_libraries()
     from paligemma_cli.cli.progress import RichEvents
-    from paligemma_cli.engine.evaluate import run_evaluation, write_eval_outputs
-    from paligemma_cli.engine.outputs import prepare_output_dir, record_written
+    from paligemma_cli.infer.evaluate import run_evaluation, write_eval_outputs
+    from paligemma_cli.outputs import prepare_output_dir, record_written
 
     prepare_output_dir(output_dir, overwrite=overwrite, resume=False, kind="eval")
     events = RichEvents()

@@ -46,7 +46,7 @@ def memory_estimate(
     as_json: bool = typer.Option(False, "--json", help="Print JSON for scripts."),
     **flags,
 ) -> None:
-    from paligemma_cli.engine import memory
+    from paligemma_cli.diagnose import memory
 
     values = {k: v for k, v in flags.items() if v is not None}
     if values.get("optimizer") and values["optimizer"] not in OPTIMIZERS:
@@ -128,7 +128,7 @@ def _measure(run, setup, steps: int, as_json: bool):
         if not as_json:
             console.print(f"[dim]measured step {i}/{steps}[/]", highlight=False)
 
-    from paligemma_cli.engine.measure import measure
+    from paligemma_cli.diagnose.measure import measure
 
     return measure(run.model, run.lora, setup, steps=steps, on_step=progress)
 

@@ -1,4 +1,4 @@
-"""`pgm predict`: flags -> engine.predict (eval's loading and generation) -> table, JSON or a file."""
+"""`pgm predict`: flags -> infer.predict (eval's loading and generation) -> table, JSON or a file."""
 
 from __future__ import annotations
 
@@ -61,7 +61,7 @@ def predict_command(
     **values,
 ) -> None:
     from paligemma_cli.config import build_run
-    from paligemma_cli.engine import predict as engine
+    from paligemma_cli.infer import predict as engine
     from paligemma_cli.errors import PgmError
     from paligemma_cli.tasks import get_task
 
@@ -77,7 +77,7 @@ def predict_command(
     examples = (engine.read_input_file(input_file, default_prompt) if input_file is not None
                 else engine.examples_from_images(images, default_prompt))
     if adapter is not None and values.get("model_path") is None:
-        from paligemma_cli.engine.model import adapter_base_model
+        from paligemma_cli.model.load import adapter_base_model
 
         values["model_path"] = adapter_base_model(adapter)  # the base it was trained on
     model_cfg = build_run(values).model

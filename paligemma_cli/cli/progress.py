@@ -9,7 +9,7 @@ from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, 
                            TimeRemainingColumn)
 
 from paligemma_cli.cli._ui import console
-from paligemma_cli.engine.events import Events
+from paligemma_cli.events import Events
 
 
 def _fmt(metrics: dict[str, Any]) -> str:

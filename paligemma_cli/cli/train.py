@@ -1,4 +1,4 @@
-"""`pgm train TASK`: flags -> TrainRun -> engine.train -> summary table."""
+"""`pgm train TASK`: flags -> TrainRun -> train.loop -> summary table."""
 
 from __future__ import annotations
 
@@ -38,7 +38,7 @@ def train(config: Optional[Path] = typer.Option(
     run = build_run(values, config)
     quiet_libraries()
     from paligemma_cli.cli.progress import RichEvents
-    from paligemma_cli.engine.train import train as run_training
+    from paligemma_cli.train.loop import train as run_training
 
     events = RichEvents()
     try:

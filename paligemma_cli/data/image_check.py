@@ -52,9 +52,9 @@ def image_files(examples: Iterable) -> list[str]:
 
 
 def default_cache() -> Path:
-    from paligemma_cli.engine.tiny import tiny_cache_dir  # PGM_HOME, the folder pgm caches in
+    from paligemma_cli.config import pgm_home
 
-    return tiny_cache_dir() / CACHE_FILE
+    return pgm_home() / CACHE_FILE
 
 
 class CheckCache:

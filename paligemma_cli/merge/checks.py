@@ -48,7 +48,7 @@ def _hub_id_of(folder: Path) -> str | None:
 
 
 def _same_base(recorded: str, base_spec: str, base_folder: Path) -> bool:
-    from paligemma_cli.engine.tiny import ensure_tiny, is_tiny
+    from paligemma_cli.model.tiny import ensure_tiny, is_tiny
 
     if recorded == base_spec:
         return True

@@ -55,7 +55,7 @@ def read_rows(file: Path, key: str, rows: tuple[int, int] | None = None) -> torc
 
 def local_folder(spec: str, flag: str) -> Path:
     """A local folder for a --base-model / --model value: 'tiny', a folder, or a hub id (cache)."""
-    from paligemma_cli.engine.tiny import ensure_tiny, is_tiny
+    from paligemma_cli.model.tiny import ensure_tiny, is_tiny
 
     if is_tiny(spec):
         return ensure_tiny(spec)

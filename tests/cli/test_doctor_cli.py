@@ -107,7 +107,7 @@ def test_doctor_reads_at_80_columns(monkeypatch, tmp_path):
     from rich.console import Console
 
     from paligemma_cli.cli import doctor as doctor_cli
-    from paligemma_cli.engine import doctor as engine
+    from paligemma_cli.diagnose import doctor as engine
 
     screen = io.StringIO()
     monkeypatch.setattr(doctor_cli, "console", Console(width=80, file=screen, color_system=None))

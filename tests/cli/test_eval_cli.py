@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from paligemma_cli.cli import app
 from paligemma_cli.tasks import get_task
-from tests.engine.test_evaluate import one_thread  # noqa: F401  (a fixture)
+from tests.infer.test_evaluate import one_thread  # noqa: F401  (a fixture)
 
 runner = CliRunner()
 
@@ -114,7 +114,7 @@ def test_eval_writes_both_files_and_rescoring_them_gives_the_same_metrics(
 def test_an_official_results_file_and_its_predictions_jsonl_score_the_same(task_name, synthetic_data, tmp_path):
     """Half-right answers (some needing the official normalisation), so the metrics are not trivial."""
     from paligemma_cli.config import DataConfig
-    from paligemma_cli.data.sources import load_examples
+    from paligemma_cli.tasks.sources import load_examples
 
     task = get_task(task_name)
     root = synthetic_data(task_name)

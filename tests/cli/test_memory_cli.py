@@ -7,8 +7,8 @@ import json
 from typer.testing import CliRunner
 
 from paligemma_cli.cli import app
-from paligemma_cli.engine import memory
-from paligemma_cli.engine.presets import preset_config
+from paligemma_cli.diagnose import memory
+from paligemma_cli.model.presets import preset_config
 
 runner = CliRunner()
 

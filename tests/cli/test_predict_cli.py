@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from paligemma_cli.cli import app
 from paligemma_cli.tasks import get_task
-from tests.engine.test_evaluate import one_thread  # noqa: F401  (a fixture)
+from tests.infer.test_evaluate import one_thread  # noqa: F401  (a fixture)
 
 runner = CliRunner()
 
@@ -26,7 +26,7 @@ def adapter(tiny_model_dir, tmp_path_factory):
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForImageTextToText
 
-    from paligemma_cli.engine.model import lora_target_regex
+    from paligemma_cli.model.load import lora_target_regex
 
     torch.manual_seed(3)
     model = AutoModelForImageTextToText.from_pretrained(tiny_model_dir)
@@ -78,7 +78,7 @@ def test_predict_gives_the_answers_eval_gives(synthetic_data, adapter, tmp_path,
 def test_detection_prompt_table_boxes_and_strip_special(synthetic_data, tmp_path, one_thread):
     from PIL import Image
 
-    from paligemma_cli.engine.predict import decode_boxes, strip_special
+    from paligemma_cli.infer.predict import decode_boxes, strip_special
 
     image = sorted((synthetic_data("vqav2", 4) / "val2014").iterdir())[0]
     big = tmp_path / "big.png"

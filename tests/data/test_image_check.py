@@ -83,7 +83,7 @@ def test_processes_check_disjoint_shares_and_combine(synthetic_data, tmp_path):
 
 def test_skip_image_check_bad_image_mid_run_is_one_error_line_and_keeps_checkpoints(
         synthetic_data, tiny_model_dir, tmp_path):
-    from paligemma_cli.engine.loader import EpochSampler
+    from paligemma_cli.model.loader import EpochSampler
     from paligemma_cli.tasks import get_task
 
     data = Path(shutil.copytree(synthetic_data("coco", 16), tmp_path / "data"))

@@ -21,7 +21,7 @@ def merge_inputs(tiny_model_dir, tmp_path_factory) -> dict[str, Path]:
     from safetensors.torch import load_file, save_file
     from transformers import AutoModelForImageTextToText
 
-    from paligemma_cli.engine.model import lora_target_regex
+    from paligemma_cli.model.load import lora_target_regex
 
     root = tmp_path_factory.mktemp("merge_inputs")
     paths = {"base": Path(tiny_model_dir)}

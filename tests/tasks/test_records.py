@@ -9,7 +9,7 @@ import shutil
 import pytest
 
 from paligemma_cli.config import DataConfig
-from paligemma_cli.engine.evaluate import read_predictions, run_evaluation
+from paligemma_cli.infer.evaluate import read_predictions, run_evaluation
 from paligemma_cli.metrics.gqa import gqa_metrics
 from paligemma_cli.tasks import TASKS, get_task
 
