@@ -77,6 +77,7 @@ REGISTRY = "written-files.sqlite"
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 NOT_WRITABLE = (errno.EROFS, errno.EACCES, errno.EPERM)
 LOCK_WAIT_S = 1.0  # a check in a sibling process holds a shared lock for microseconds
+HELD = (errno.EACCES, errno.EAGAIN)  # what lockf raises when another process holds the lock
 
 _held: dict[str, int] = {}  # lock files this process holds -> fd (POSIX locks are per process)
 
@@ -175,7 +176,9 @@ def _is_locked(lock_file: Path) -> bool:
         try:
             fcntl.lockf(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
             return False
-        except OSError:
+        except OSError as exc:
+            if exc.errno not in HELD:  # a file system without locks: nobody can hold one
+                return False
             if time.monotonic() > deadline:
                 return True
         finally:
@@ -193,12 +196,15 @@ def _lock(lock_file: Path, owner: str, what: str) -> int:
         fd = os.open(lock_file, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            os.close(fd)
-            if time.monotonic() > deadline:
-                raise _busy(lock_file, what) from None
-            time.sleep(0.05)
-            continue
+        except OSError as exc:
+            if exc.errno in HELD:
+                os.close(fd)
+                if time.monotonic() > deadline:
+                    raise _busy(lock_file, what) from None
+                time.sleep(0.05)
+                continue
+            # A file system without POSIX locks (some network and FUSE mounts): go on unlocked
+            # rather than refuse every write there; the other rules still hold.
         try:  # the holder may have released and removed the file between our open and lock
             same = os.fstat(fd).st_ino == os.stat(lock_file).st_ino
         except FileNotFoundError:
@@ -305,7 +311,8 @@ def _verdict(path: Path, kind: str, overwrite: bool, resume: bool, flag: str) ->
         raise PgmError(f"--resume: {path} holds a pgm {previous_kind}, not a {kind}.", "Drop --resume.")
     if present and not resume and not overwrite:
         how = ("Pass --resume to continue it, or --overwrite to start over." if previous_kind == kind == "train"
-               else "Pass --overwrite to replace it, or choose another folder.")
+               else "Pass --overwrite to replace it, or choose another folder." if previous_kind == kind
+               else f"Choose another folder (--overwrite would replace that pgm {previous_kind} with this {kind}).")
         raise PgmError(f"{named} holds a previous pgm {previous_kind}.", how)
     if not os.access(_nearest(path), os.W_OK):  # also false for root on an immutable folder
         raise PgmError(f"{named} is not writable.", "Choose a folder you can write to.")

@@ -340,6 +340,20 @@ def test_a_temp_file_of_a_killed_run_is_removed_and_reported(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_file_system_without_locks_is_written_all_the_same(tmp_path, monkeypatch):
+    """Some network and FUSE mounts refuse POSIX locks (ENOLCK): pgm writes there, unlocked."""
+    import paligemma_cli.outputs as outputs
+
+    def no_locks(fd, how):
+        raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
+
+    monkeypatch.setattr(outputs.fcntl, "lockf", no_locks)
+    check_output(tmp_path / "out", "eval")
+    with claim_output(tmp_path / "out", "eval") as output:
+        output.write("metrics.json", "{}")
+    assert (tmp_path / "out" / "metrics.json").read_text() == "{}"
+
+
 def test_the_marker_survives_a_reader_looking_mid_run(tmp_path):
     """What another tool sees while pgm writes: valid JSON at every moment (written aside, replaced)."""
     out = tmp_path / "out"

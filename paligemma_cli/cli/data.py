@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 
 from paligemma_cli.cli._ui import console, edge
 
@@ -47,4 +48,4 @@ def layout(task: str = typer.Argument(..., help="coco, docvqa, gqa or vqav2.")) 
 
     t = get_task(task)
     for role, split in (("train", t.train_split), ("eval", t.eval_split)):
-        console.print(f"[bold]{role}[/] (--{role}-split {split}): {t.layout(split)}", highlight=False)
+        console.print(f"[bold]{role}[/] (--{role}-split {escape(split)}): {escape(t.layout(split))}", highlight=False)

@@ -81,6 +81,9 @@ def eval_command(
 
     notes = check_output(output_dir, "eval", overwrite=overwrite)  # before any data or model loads
     inside = submission is not None and submission.absolute().parent == output_dir.absolute()
+    if submission is not None and not inside and output_dir.absolute() in submission.absolute().parents:
+        raise PgmError(f"--submission {submission} is in a folder inside --output-dir {output_dir}.",
+                       "Put it directly in --output-dir, or outside it.")
     if submission is not None and not inside:
         notes += check_file(submission, overwrite=overwrite, flag="--submission")
     if predictions is None:  # scoring a file loads no model: keep transformers' 1.5 s import out of it

@@ -185,7 +185,7 @@ def train(run: TrainRun, events: Events | None = None) -> TrainResult:
     out = Path(cfg.output_dir)
 
     # What a user can get wrong is checked before torch, accelerate and the model load (seconds to
-    # minutes), in every process, changing nothing: output dir, checkpoint, data, model path.
+    # minutes), in every process, changing nothing of the user's: output dir, checkpoint, data, model path.
     # Before torch is imported only the launcher's environment says which process this is; only the
     # first one reports progress.
     early = events if _launch_rank() == 0 else Events()

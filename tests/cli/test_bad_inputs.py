@@ -507,6 +507,21 @@ def _(i):
     return Case(evaluate(i, "--predictions", f, "--submission", i.folder("sub")), ["--submission", "is a folder"])
 
 
+@case("eval: output dir holds a pgm train run")
+def _(i):
+    i.previous_run("eval", kind="train", adapter_model__safetensors="w", run_config__json="{}")
+    f = i.file("p.json", json.dumps([{"question_id": 10, "answer": "red"}]))
+    return Case(evaluate(i, "--predictions", f), ["holds a previous pgm train",
+                                                  "--overwrite would replace that pgm train with this eval"])
+
+
+@case("eval: --submission in a folder inside the output dir")
+def _(i):
+    f = i.file("p.json", json.dumps([{"question_id": 10, "answer": "red"}]))
+    return Case(evaluate(i, "--predictions", f, "--submission", i.tmp / "eval" / "server" / "sub.json"),
+                ["--submission", "is in a folder inside --output-dir", "directly in --output-dir"])
+
+
 @case("eval: output dir holds a previous evaluation")
 def _(i):
     i.previous_run("eval", kind="eval", metrics__json="{}", predictions__jsonl="")
