@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import fields
 from pathlib import Path
 from typing import Optional
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from paligemma_cli.cli._options import command_with, field_parameter
@@ -55,7 +57,8 @@ def eval_command(
                                                   "normalise the prediction even when all annotators "
                                                   "agree (EvalAI server variant; default is the "
                                                   "official vqaEval.py)."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an earlier evaluation in --output-dir."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an earlier pgm evaluation in "
+                                   "--output-dir (and a --submission file pgm wrote)."),
     **values,
 ) -> None:
     from paligemma_cli.config import build_run
@@ -74,45 +77,59 @@ def eval_command(
 
         values["model_path"] = adapter_base_model(adapter)  # the base it was trained on
     run = build_run({**values, "task": t.name, "eval_split": split})
+    from paligemma_cli.outputs import check_file, check_output, claim_file, claim_output
+
+    notes = check_output(output_dir, "eval", overwrite=overwrite)  # before any data or model loads
+    inside = submission is not None and submission.absolute().parent == output_dir.absolute()
+    if submission is not None and not inside and output_dir.absolute() in submission.absolute().parents:
+        raise PgmError(f"--submission {submission} is in a folder inside --output-dir {output_dir}.",
+                       "Put it directly in --output-dir, or outside it.")
+    if submission is not None and not inside:
+        notes += check_file(submission, overwrite=overwrite, flag="--submission")
     if predictions is None:  # scoring a file loads no model: keep transformers' 1.5 s import out of it
         quiet_libraries()
     from paligemma_cli.cli.progress import RichEvents
-    from paligemma_cli.engine.evaluate import run_evaluation, write_eval_outputs
-    from paligemma_cli.engine.outputs import prepare_output_dir, record_written
+    from paligemma_cli.engine.evaluate import run_evaluation, submission_bytes, write_eval_outputs
 
-    prepare_output_dir(output_dir, overwrite=overwrite, resume=False, kind="eval")
     events = RichEvents()
-    try:
-        result = run_evaluation(t, run.data, model_cfg=run.model, adapter=adapter, predictions_file=predictions,
-                                max_new_tokens=max_new_tokens, batch_size=batch_size,
-                                always_normalize=vqa_server_normalization, events=events)
-    finally:
-        events.close()
-    source = str(predictions) if predictions else (f"{run.model.model_path}" + (f" + {adapter}" if adapter else ""))
-    written = write_eval_outputs(output_dir, t, result, info={"split": run.data.eval_split or t.eval_split,
-                                                               "source": source}, submission=submission)
-    record_written(output_dir, [p.name for p in written if p.parent == output_dir], kind="eval")
+    with claim_output(output_dir, "eval", overwrite=overwrite) as out, \
+            (claim_file(submission, "eval", overwrite=overwrite, flag="--submission")
+             if submission is not None and not inside else nullcontext()) as sub:
+        try:
+            for note in notes + out.notes + (sub.notes if sub else []):
+                events.message(note, "warning")
+            result = run_evaluation(t, run.data, model_cfg=run.model, adapter=adapter, predictions_file=predictions,
+                                    max_new_tokens=max_new_tokens, batch_size=batch_size,
+                                    always_normalize=vqa_server_normalization, events=events)
+        finally:
+            events.close()
+        source = str(predictions) if predictions else (f"{run.model.model_path}" + (f" + {adapter}" if adapter else ""))
+        written = write_eval_outputs(out, t, result, info={"split": run.data.eval_split or t.eval_split,
+                                                           "source": source})
+        if submission is not None:
+            data = submission_bytes(t, result)
+            written.append(sub.write(data) if sub else out.write(submission.name, data))
     show_metrics(t.title, result.metrics)
     for name, why in result.unavailable.items():
-        console.print(f"[yellow]{name} unavailable:[/] {why}", highlight=False)
+        console.print(f"[yellow]{escape(name)} unavailable:[/] {escape(why)}", highlight=False)
     for note in result.notes:
-        console.print(f"[yellow]note:[/] {note}", highlight=False)
-    console.print(f"Wrote {', '.join(str(p) for p in written)}", highlight=False)
+        console.print(f"[yellow]note:[/] {escape(note)}", highlight=False)
+    console.print(f"Wrote {', '.join(str(p) for p in written)}", highlight=False, markup=False, soft_wrap=True)
 
 
 def show_metrics(title: str, metrics: dict) -> None:
     """One row per metric (nested per-type dicts as `metric/type`); None shows as unavailable."""
-    table = Table(title=title, title_justify="left")
+    table = Table(title=escape(title), title_justify="left")
     table.add_column("metric")
     table.add_column("value", justify="right")
 
     def add(name: str, value) -> None:
         if value is None:
-            table.add_row(name, "[yellow]unavailable[/]")
+            table.add_row(escape(name), "[yellow]unavailable[/]")
         elif isinstance(value, bool) or isinstance(value, int):
-            table.add_row(name, str(value))
+            table.add_row(escape(name), str(value))
         elif isinstance(value, float):
-            table.add_row(name, f"{value:.4f}")
+            table.add_row(escape(name), f"{value:.4f}")
 
     for key, value in metrics.items():
         if isinstance(value, dict):

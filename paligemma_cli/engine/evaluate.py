@@ -18,6 +18,7 @@ import msgspec
 
 from paligemma_cli.engine.events import Events
 from paligemma_cli.errors import PgmError
+from paligemma_cli.outputs import Output
 from paligemma_cli.tasks import Example, Task
 from paligemma_cli.tasks.records import paused_gc
 
@@ -116,11 +117,15 @@ def _read_predictions_fast(task: Task, text: str) -> tuple[dict[Hashable, str], 
             records = msgspec.json.Decoder(result).decode_lines(text)
     except msgspec.DecodeError:
         return {}, 0
-    ids = map(attrgetter("id"), records)
-    try:  # map() keeps the 2 M ids of GQA's all-questions results in C
-        keys = list(map(task.id_type, ids))
-    except (TypeError, ValueError):  # ids that stay as they are (see Task.normalise_id)
-        keys = [task.normalise_id(r.id) for r in records]
+    ids = list(map(attrgetter("id"), records))
+    keys = None
+    if not {float, bool} & set(map(type, ids)):  # int(10010.5) would be 10010: a wrong id
+        try:  # map() keeps the 2 M ids of GQA's all-questions results in C
+            keys = list(map(task.id_type, ids))
+        except (TypeError, ValueError):
+            pass
+    if keys is None:  # ids that stay as they are (see Task.normalise_id)
+        keys = [task.normalise_id(i) for i in ids]
     return dict(zip(keys, map(str, map(attrgetter("answer"), records)))), len(records)
 
 
@@ -184,30 +189,20 @@ def _json_safe(value: Any) -> Any:
     return value
 
 
-def write_eval_outputs(out_dir: Path, task: Task, result: EvalResult, *, info: dict[str, Any],
-                       submission: Path | None = None) -> list[Path]:
-    """predictions.jsonl (official keys + references + score), metrics.json, optional submission."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    pred_path = out_dir / "predictions.jsonl"
+def write_eval_outputs(output: Output, task: Task, result: EvalResult, *, info: dict[str, Any]) -> list[Path]:
+    """predictions.jsonl (official keys + references + score) and metrics.json, staged in `output`."""
     # One C call for all rows (214k for VQAv2 val); msgspec writes NaN/inf as null, as _json_safe does.
-    pred_path.write_bytes(msgspec.json.Encoder().encode_lines(result.rows))
-    metrics_path = out_dir / "metrics.json"
-    metrics_path.write_text(json.dumps(_json_safe({
+    predictions = output.write("predictions.jsonl", msgspec.json.Encoder().encode_lines(result.rows))
+    metrics = output.write("metrics.json", json.dumps(_json_safe({
         "task": task.name, **info, "examples": result.examples, "predictions": len(result.rows),
         "metrics": result.metrics, "unavailable": result.unavailable, "notes": result.notes}), indent=2))
-    written = [pred_path, metrics_path]
-    if submission is not None:
-        # Exactly the eval server's format: a JSON list of objects with the two official keys.
-        records = [{task.id_key: r[task.id_key], task.answer_key: r[task.answer_key]} for r in result.rows]
-        submission = Path(submission)
-        try:
-            submission.parent.mkdir(parents=True, exist_ok=True)
-            submission.write_bytes(msgspec.json.encode(records))
-        except OSError as exc:
-            raise PgmError(f"Cannot write --submission {submission}: {exc.strerror}.",
-                           "Choose a writable path.") from None
-        written.append(submission)
-    return written
+    return [predictions, metrics]
+
+
+def submission_bytes(task: Task, result: EvalResult) -> bytes:
+    """Exactly the eval server's format: a JSON list of objects with the two official keys."""
+    return msgspec.json.encode([{task.id_key: r[task.id_key], task.answer_key: r[task.answer_key]}
+                                for r in result.rows])
 
 
 def run_evaluation(task: Task, data, *, model_cfg=None, adapter: Path | None = None,

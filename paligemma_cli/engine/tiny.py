@@ -12,6 +12,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from paligemma_cli.outputs import pgm_home
+
 TINY_NAMES = {"tiny": "gemma", "tiny-pg2": "gemma2"}
 TINY_IMAGE_SIZE = 32
 TINY_PATCH = 8
@@ -19,8 +21,7 @@ _VERSION = "v3"  # bump when the recipe changes so stale caches are rebuilt
 
 
 def tiny_cache_dir() -> Path:
-    root = os.environ.get("PGM_HOME") or Path.home() / ".cache" / "pgm"
-    return Path(root)
+    return pgm_home()
 
 
 def is_tiny(model_path: str) -> bool:

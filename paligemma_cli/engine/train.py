@@ -20,12 +20,12 @@ from pathlib import Path
 from typing import Any
 
 from paligemma_cli.config import TrainRun
-from paligemma_cli.engine.checkpoint import (LoopState, crash_point, latest_checkpoint, load_checkpoint,
-                                             rng_state, save_checkpoint, set_rng_state, write_error_reason,
-                                             write_errors)
+from paligemma_cli.engine.checkpoint import (LoopState, crash_point, latest_checkpoint, require_resumable,
+                                             resume_from, rng_state, save_checkpoint, set_rng_state,
+                                             write_error_reason, write_errors)
 from paligemma_cli.engine.events import Events
-from paligemma_cli.engine.outputs import check_output_dir, prepare_output_dir, record_written
 from paligemma_cli.errors import PgmError
+from paligemma_cli.outputs import Output, check_output, claim_output
 
 LOG_FILE = "train_log.jsonl"
 RUN_CONFIG = "run_config.json"
@@ -93,15 +93,10 @@ def _make_scheduler(run: TrainRun, optimizer, total_steps: int):
     return get_scheduler(name, optimizer, num_warmup_steps=warmup, num_training_steps=total_steps)
 
 
-def _write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=str))
-    tmp.replace(path)
-
-
-def _truncate_log(path: Path, step: int) -> None:
+def _truncate_log(output: Output, step: int) -> None:
     """Keep the log lines up to `step`: later ones were written after the checkpoint a resume starts
     from and will be logged again (a line torn by a crash is dropped too)."""
+    path = output.path / LOG_FILE
     if not path.exists():
         return
     kept = []
@@ -112,9 +107,7 @@ def _truncate_log(path: Path, step: int) -> None:
             continue
         if isinstance(record, dict) and record.get("step", 0) <= step:
             kept.append(line + "\n")
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(kept))
-    tmp.replace(path)
+    output.write(LOG_FILE, "".join(kept))
 
 
 def _write_fault(out: Path, exc: BaseException, what: str) -> PgmError:
@@ -182,12 +175,7 @@ def _check_images(examples: list, accelerator, events: Events) -> None:
 def train(run: TrainRun, events: Events | None = None) -> TrainResult:
     """Run `pgm train`: load data and model, train with LoRA, checkpoint, evaluate, save the adapter."""
     from paligemma_cli.data.sources import load_examples, split_for
-    from paligemma_cli.engine.batches import TrainCollator, TrainingSet, to_device, truncated_rows
-    from paligemma_cli.engine.loader import batch_error, resolve_workers
-    from paligemma_cli.engine.loss import answer_loss
-    from paligemma_cli.engine.model import (attach_lora, device_kind, load_model, load_processor,
-                                            resolve_compute_dtype, resolve_model_path)
-    from paligemma_cli.engine.tracking import Tracker
+    from paligemma_cli.engine.model import device_kind, resolve_compute_dtype, resolve_model_path
     from paligemma_cli.tasks import get_task
 
     events = events or Events()
@@ -197,14 +185,14 @@ def train(run: TrainRun, events: Events | None = None) -> TrainResult:
     out = Path(cfg.output_dir)
 
     # What a user can get wrong is checked before torch, accelerate and the model load (seconds to
-    # minutes), in every process, changing nothing: output dir, checkpoint, data, model path.
-    check_output_dir(out, overwrite=cfg.overwrite, resume=cfg.resume)
-    if cfg.resume and latest_checkpoint(out) is None:
-        raise PgmError(f"--resume: no complete checkpoint in {out / 'checkpoints'}.",
-                       "Drop --resume and pass --overwrite to start over.")
+    # minutes), in every process, changing nothing of the user's: output dir, checkpoint, data, model path.
     # Before torch is imported only the launcher's environment says which process this is; only the
     # first one reports progress.
     early = events if _launch_rank() == 0 else Events()
+    for note in check_output(out, "train", overwrite=cfg.overwrite, resume=cfg.resume):
+        early.message(note, "warning")  # what a killed run left unfinished, undone
+    if cfg.resume:
+        require_resumable(out)
     early.phase_start(f"Reading the {task.name} {split_for(task, run.data, 'train')} data")
     train_examples = load_examples(task, run.data, "train", check_images=False)
     eval_examples, eval_extra = [], {}
@@ -225,17 +213,40 @@ def train(run: TrainRun, events: Events | None = None) -> TrainResult:
 
     mixed = "bf16" if (device_kind() == "cuda" and resolve_compute_dtype(run.model.compute_dtype) == torch.bfloat16) else "no"
     accelerator = Accelerator(mixed_precision=mixed, cpu=device_kind() == "cpu")
-    main = accelerator.is_main_process
     early.phase_end(f"{accelerator.num_processes} processes on {accelerator.device}" if accelerator.num_processes > 1
                     else f"on {accelerator.device}")
-    if not main:
+    if not accelerator.is_main_process:
         events = Events()
     if not run.data.skip_image_check:  # before the output dir is touched: a bad image changes nothing
         _check_images(train_examples + eval_examples, accelerator, events)
-    if main:
-        prepare_output_dir(out, overwrite=cfg.overwrite, resume=cfg.resume)
-    accelerator.wait_for_everyone()
+    data = (train_examples, eval_examples, eval_extra)
+    if not accelerator.is_main_process:  # only the main process writes
+        accelerator.wait_for_everyone()
+        return _train_claimed(run, task, events, accelerator, data, started, None)
+    # One writer: the output dir stays locked until the run ends; what a failed run wrote before
+    # its first checkpoint is removed again (and an --overwrite'n earlier run put back).
+    with claim_output(out, "train", overwrite=cfg.overwrite, resume=cfg.resume) as output:
+        for note in output.notes:
+            events.message(note, "warning")
+        accelerator.wait_for_everyone()
+        return _train_claimed(run, task, events, accelerator, data, started, output)
 
+
+def _train_claimed(run: TrainRun, task, events: Events, accelerator, data: tuple, started: float,
+                   output: Output | None) -> TrainResult:
+    """The run itself, once the output dir is claimed (`output` is None off the main process)."""
+    import torch
+
+    from paligemma_cli.engine.batches import TrainCollator, TrainingSet, to_device, truncated_rows
+    from paligemma_cli.engine.loader import batch_error, resolve_workers
+    from paligemma_cli.engine.loss import answer_loss
+    from paligemma_cli.engine.model import attach_lora, load_model, load_processor
+    from paligemma_cli.engine.tracking import Tracker
+
+    cfg = run.train
+    out = Path(cfg.output_dir)
+    main = accelerator.is_main_process
+    train_examples, eval_examples, eval_extra = data
     events.phase_start(f"Loading the model ({run.model.model_path}, {run.model.quantization})")
     processor = load_processor(run.model.model_path, run.model.revision)
     model = load_model(run.model)
@@ -259,22 +270,26 @@ def train(run: TrainRun, events: Events | None = None) -> TrainResult:
     state, rng = LoopState(total_steps=total_steps), None
     log_path = out / LOG_FILE
     if cfg.resume:
-        ckpt = latest_checkpoint(out)
-        state, rng = load_checkpoint(ckpt, accelerator.unwrap_model(model), optimizer, scheduler)
+        ckpt, state, rng, skipped = resume_from(out, accelerator.unwrap_model(model), optimizer, scheduler)
+        for path, why in skipped:  # damaged after it was written (disk fault, a copy cut short)
+            events.message(f"Skipped checkpoint {path.name}: {why}; its steps are trained again.", "warning")
         if state.total_steps != total_steps:
             events.message(f"Resumed run planned {state.total_steps} steps; now {total_steps}.", "warning")
             state.total_steps = total_steps
         if main:
-            _truncate_log(log_path, state.global_step)
+            for path, _ in skipped:  # pgm's own, unusable, and newer than the run now continues from
+                shutil.rmtree(path, ignore_errors=True)
+            _truncate_log(output, state.global_step)
         events.message(f"Resuming from {ckpt.name} (step {state.global_step} of {total_steps}).")
 
+    if main:  # recorded before written: what a crash cuts short is still pgm's to remove
+        output.record(LOG_FILE, "checkpoints", *(["wandb"] if cfg.use_wandb else []))
+        output.write(RUN_CONFIG, json.dumps({"pgm_run": run.to_dict(), "task": task.name,
+                                             "trainable_params": trainable, "total_params": total_params,
+                                             "processes": accelerator.num_processes, "total_steps": total_steps},
+                                            indent=2, default=str))
     tracker = Tracker(cfg.use_wandb and main, cfg.wandb_project, run.to_dict(), out, state.wandb_run_id)
     state.wandb_run_id = tracker.run_id
-    if main:  # recorded before written: what a crash cuts short is still pgm's to remove
-        record_written(out, [RUN_CONFIG, LOG_FILE, "checkpoints"] + (["wandb"] if cfg.use_wandb else []))
-        _write_json(out / RUN_CONFIG, {"pgm_run": run.to_dict(), "task": task.name,
-                                       "trainable_params": trainable, "total_params": total_params,
-                                       "processes": accelerator.num_processes, "total_steps": total_steps})
 
     events.train_start(total_steps, state.global_step, {
         "task": task.name, "examples": len(train_examples), "trainable_params": trainable,
@@ -289,6 +304,7 @@ def train(run: TrainRun, events: Events | None = None) -> TrainResult:
                 saved.epoch, saved.batch_in_epoch = saved.epoch + 1, 0
             path = save_checkpoint(out, accelerator.unwrap_model(model), optimizer, scheduler, saved,
                                    keep=cfg.save_total_limit, rng=rng_state())
+            output.keep()  # the run is resumable now: a later failure keeps what it wrote
             events.checkpoint_saved(str(path), state.global_step)
         accelerator.wait_for_everyone()
         return path
@@ -312,16 +328,11 @@ def train(run: TrainRun, events: Events | None = None) -> TrainResult:
             tracker.log({f"eval/{k}": v for k, v in entry.items() if k != "step"}, state.global_step)
             if value is not None and (state.best_metric is None or value > state.best_metric):
                 state.best_metric, state.best_step = value, state.global_step
-                best, tmp = out / "best", out / ".tmp-best"
                 try:  # written aside and swapped in, so a crash never leaves a half best/
-                    record_written(out, ["best", ".tmp-best"])
-                    shutil.rmtree(tmp, ignore_errors=True)
-                    accelerator.unwrap_model(model).save_pretrained(tmp)
-                    processor.save_pretrained(tmp)
-                    shutil.rmtree(best, ignore_errors=True)
-                    os.replace(tmp, best)
+                    with output.staged("best") as tmp:
+                        accelerator.unwrap_model(model).save_pretrained(tmp)
+                        processor.save_pretrained(tmp)
                 except write_errors() as exc:
-                    shutil.rmtree(tmp, ignore_errors=True)
                     raise _write_fault(out, exc, "best/") from None
         accelerator.wait_for_everyone()
 
@@ -433,14 +444,11 @@ def train(run: TrainRun, events: Events | None = None) -> TrainResult:
     if main:
         from paligemma_cli.engine.plot import plot_loss_curve
 
-        try:
-            record_written(out, ["adapter_config.json", "adapter_model.safetensors", "README.md", "loss.png"])
-            accelerator.unwrap_model(model).save_pretrained(out)
-            processor.save_pretrained(out)
-            record_written(out, [p.name for p in out.iterdir()
-                                 if p.name.endswith((".json", ".model")) and "config" in p.name
-                                 or p.name.startswith(("tokenizer", "processor", "special_tokens", "preprocessor"))])
-            plot_loss_curve(log_path, out / "loss.png")
+        try:  # adapter, processor and loss curve appear together, when all are written
+            with output.staged() as tmp:
+                accelerator.unwrap_model(model).save_pretrained(tmp)
+                processor.save_pretrained(tmp)
+                plot_loss_curve(log_path, tmp / "loss.png")
         except write_errors() as exc:
             raise _write_fault(out, exc, "the final adapter") from None
         if state.best_step is not None:

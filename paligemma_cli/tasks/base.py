@@ -115,10 +115,16 @@ class Task:
         return f"Got keys [{shown}]; is --task right?"
 
     def normalise_id(self, value: Any) -> Hashable:
-        """Ids as the official files hold them: ints for VQAv2, DocVQA and COCO (GQA: str)."""
+        """Ids as the official files hold them: ints for VQAv2, DocVQA and COCO (GQA: str).
+
+        Only exact conversions: "10010" or 10010.0 is 10010, but 10010.5 (or True) stays as it is,
+        so it is reported as an unknown id instead of being scored as question 10010.
+        """
+        if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+            return value
         try:
             return self.id_type(value)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             return value
 
     def score(self, predictions: dict[Hashable, str], examples: Sequence[Example],

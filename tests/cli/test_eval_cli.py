@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import threading
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -203,3 +206,45 @@ def test_predictions_and_adapter_exclude_each_other(gqa, tmp_path):
     result = pgm("eval", "--task", "gqa", "--predictions", gqa.file, "--adapter", tmp_path,
                  "--data-root", gqa.root, "-o", gqa.out)
     assert_one_line_error(result, "--predictions and --adapter")
+
+
+def _disk_full_half_way(monkeypatch):
+    """The write call fails as on a full disk, after writing half the bytes (a real partial file)."""
+    real = Path.write_bytes
+
+    def write_bytes(self, data):
+        real(self, bytes(data)[: len(data) // 2])
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self))
+
+    monkeypatch.setattr(Path, "write_bytes", write_bytes)
+
+
+def test_a_full_disk_is_one_line_and_a_rerun_is_not_refused(gqa, monkeypatch):
+    assert score_file(gqa, gqa.perfect).exit_code == 0
+    earlier = {p.name: p.read_bytes() for p in gqa.out.iterdir()}
+    _disk_full_half_way(monkeypatch)
+    result = pgm("eval", "--task", "gqa", "--predictions", gqa.file, "--data-root", gqa.root, "-o", gqa.out,
+                 "--overwrite")
+    assert_one_line_error(result, f"Writing {gqa.out / 'predictions.jsonl'} failed: No space left on device "
+                                  "(it needs ", "nothing half-written was left")
+    assert {p.name: p.read_bytes() for p in gqa.out.iterdir()} == earlier  # the earlier evaluation, intact
+    fresh = gqa.out.parent / "fresh"
+    assert_one_line_error(pgm("eval", "--task", "gqa", "--predictions", gqa.file, "--data-root", gqa.root,
+                              "-o", fresh), "No space left on device")
+    assert not fresh.exists()  # no truncated predictions.jsonl to make the rerun refuse
+    monkeypatch.undo()
+    result = pgm("eval", "--task", "gqa", "--predictions", gqa.file, "--data-root", gqa.root, "-o", fresh)
+    assert result.exit_code == 0, result.output
+
+
+def test_paths_and_notes_are_printed_verbatim(gqa, tmp_path):
+    out = tmp_path / "[bold]out[/]"
+    result = pgm("eval", "--task", "gqa", "--predictions", gqa.file.parent / "[red]missing.json", "--data-root",
+                 gqa.root, "-o", out)
+    assert_one_line_error(result, "[red]missing.json")
+    gqa.file.write_text(json.dumps(gqa.perfect[:1] + [{"questionId": "[b]nope[/b]", "prediction": "x"}]))
+    result = pgm("eval", "--task", "gqa", "--predictions", gqa.file, "--data-root", gqa.root, "-o", out,
+                 "--submission", out / "[i]sub.json")
+    assert result.exit_code == 0, result.output
+    text = flat(result)
+    assert "'[b]nope[/b]'" in text and f"Wrote {out / 'predictions.jsonl'}" in text and "[i]sub.json" in text

@@ -10,9 +10,10 @@ import torch
 from paligemma_cli.config import DataConfig, ModelConfig
 from paligemma_cli.data.sources import load_examples
 from paligemma_cli.engine.evaluate import (check_prediction_ids, evaluate_model, read_predictions, score,
-                                           write_eval_outputs)
+                                           submission_bytes, write_eval_outputs)
 from paligemma_cli.engine.events import Events
 from paligemma_cli.errors import PgmError
+from paligemma_cli.outputs import claim_output, read_marker
 from paligemma_cli.tasks import Example, get_task
 
 LONG_QUESTION = ("answer en is the small shape on the left of the big one in the top corner of the picture "
@@ -181,6 +182,20 @@ def test_unreadable_results_file(tmp_path):
         read_predictions(get_task("gqa"), tmp_path / "absent.json")
 
 
+@pytest.mark.parametrize("fmt", ["list", "lines"])
+def test_ids_are_converted_only_exactly(tmp_path, fmt):
+    """A float id such as 10010.5 is not question 10010: it stays as written and is reported."""
+    records = [{"question_id": 10010.5, "answer": "a"}, {"question_id": 10011.0, "answer": "b"},
+               {"question_id": "10012", "answer": "c"}, {"question_id": 10013, "answer": "d"}]
+    text = json.dumps(records) if fmt == "list" else "\n".join(map(json.dumps, records))
+    predictions, _ = read_predictions(get_task("vqav2"), _write(tmp_path / "r.json", text))
+    assert predictions == {10010.5: "a", 10011: "b", 10012: "c", 10013: "d"}
+    assert 10010 not in predictions
+    examples = [Example(id=10010, image=tmp_path / "x.jpg", prefix="p", answers=["a"])]
+    with pytest.raises(PgmError, match=r"first: 10010\.5"):
+        check_prediction_ids({10010.5: "a"}, examples, {}, "f")
+
+
 def test_repeated_ids_are_noted(tmp_path):
     path = _write(tmp_path / "r.jsonl", '{"questionId": "a", "prediction": "x"}\n{"questionId": "a", "prediction": "y"}\n')
     predictions, notes = read_predictions(get_task("gqa"), path)
@@ -257,11 +272,11 @@ def test_outputs_and_the_submission_format(tmp_path):
     rows = [{"image_id": 7, "caption": "a cat", "prompt": "caption en", "references": ["a cat"], "score": 1.5}]
     result = EvalResult({"CIDEr": 1.5, "SPICE": None, "odd": float("nan")}, rows, ["a note"],
                         {"SPICE": "install CoreNLP"}, examples=2)
-    submission = tmp_path / "server" / "captions_val2014_pgm_results.json"
-    written = write_eval_outputs(tmp_path / "out", task, result, info={"split": "val2017", "source": "x"},
-                                 submission=submission)
-    assert [p.name for p in written] == ["predictions.jsonl", "metrics.json", submission.name]
-    assert json.loads(submission.read_text()) == [{"image_id": 7, "caption": "a cat"}]
+    with claim_output(tmp_path / "out", "eval") as output:
+        written = write_eval_outputs(output, task, result, info={"split": "val2017", "source": "x"})
+    assert [p.name for p in written] == ["predictions.jsonl", "metrics.json"]
+    assert json.loads(submission_bytes(task, result)) == [{"image_id": 7, "caption": "a cat"}]
+    assert read_marker(tmp_path / "out")["written"] == ["predictions.jsonl", "metrics.json"]
     metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert metrics["metrics"] == {"CIDEr": 1.5, "SPICE": None, "odd": None}
     assert metrics["unavailable"] == {"SPICE": "install CoreNLP"}
@@ -308,6 +323,6 @@ def test_eval_steps_logs_the_metric_and_keeps_the_best_adapter(tmp_path, synthet
     assert all(torch.equal(best[k], adapters[30.0][k]) for k in best)
     assert not all(torch.equal(best[k], adapters[20.0][k]) for k in best)  # not simply the last one
     assert (out / "best" / "processor_config.json").exists()
-    assert not (out / ".tmp-best").exists()  # swapped into place, nothing half-written left
+    assert sorted(p.name for p in out.iterdir() if p.name.startswith(".")) == [".pgm-run.json"]  # nothing staged left
     logged = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
     assert [(r["step"], r["eval"]["accuracy"]) for r in logged if "eval" in r] == [(1, 10.0), (2, 30.0), (3, 20.0)]
