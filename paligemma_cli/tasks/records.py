@@ -45,7 +45,7 @@ class RecordKind:
     __slots__ = ("folder", "pattern", "prefix_of", "meta_names")
 
     def __init__(self, folder: Path, pattern: str, prefix_of: Callable[[str | None], str],
-                 meta_names: tuple[str, ...]):
+                 meta_names: tuple[str | tuple[str, ...] | None, ...]):
         self.folder, self.pattern, self.prefix_of, self.meta_names = folder, pattern, prefix_of, meta_names
 
 
@@ -73,9 +73,15 @@ class Record(msgspec.Struct, gc=False):
 
     @property
     def meta(self) -> dict[str, Any]:
-        # meta_names name (question, image key, info) in that order; None skips one.
-        values = (self.question, self.image_key, self.info)
-        return {name: value for name, value in zip(self.kind.meta_names, values) if name is not None}
+        # meta_names name (question, image key, info) in that order; None skips one. A tuple of
+        # names for info names the values of an info tuple (those that are None are left out).
+        meta = {}
+        for name, value in zip(self.kind.meta_names, (self.question, self.image_key, self.info)):
+            if isinstance(name, tuple):
+                meta.update((n, v) for n, v in zip(name, value or ()) if v is not None)
+            elif name is not None:
+                meta[name] = value
+        return meta
 
     def __repr__(self) -> str:
         return f"Record(id={self.id!r}, image={str(self.image)!r}, prefix={self.prefix!r}, answers={self.answers!r})"
