@@ -9,6 +9,7 @@ from typing import Callable
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from paligemma_cli.errors import PgmError
 
@@ -17,9 +18,9 @@ err_console = Console(stderr=True)
 
 
 def error_line(message: str, hint: str | None = None) -> None:
-    text = f"[bold red]Error:[/] {message}"
+    text = f"[bold red]Error:[/] {escape(message)}"  # messages quote user text: keys, paths, answers
     if hint:
-        text += f" [dim]{hint}[/]"
+        text += f" [dim]{escape(hint)}[/]"
     err_console.print(text, highlight=False, soft_wrap=True)
 
 
