@@ -8,8 +8,8 @@ val_all_questions.json with programs, annotations and entailed ids, choices for 
 file for all of them, as the official evaluation requires), DocVQA val (5,349), COCO val2017
 (5,000 images, 25,014 captions). Each runs as a whole process: `python -m paligemma_cli eval
 --predictions ...` and, side by side, a process doing what the official script does (json.load of
-every file, then its literal loop: vqaEval.py for VQAv2, eval.py with consistency for GQA,
-COCOEvalCap's steps for COCO, a per-question ANLS loop for DocVQA). Prints wall time, peak RSS
+every file, then its loop: vqaEval.py and the RRC ANLS script as ported in bench/official_ports.py,
+eval.py with consistency for GQA, COCOEvalCap's steps for COCO). Prints wall time, peak RSS
 (os.wait4) and their ratios; checks both give the same headline metric.
 `train` times the training-path loaders (`task.load_official`) on VQAv2 train2014 (443,757
 questions), GQA train balanced (943,000) and COCO train2017 (591,753 captions), next to a bare
@@ -63,6 +63,10 @@ class Writer:
 
 # ----- data in the official formats ---------------------------------------------------------------
 
+# VQAv2 has 65 question types (the first words of the question: "what color is the", "how many", ...).
+QUESTION_TYPES = [f"what type {k} is the" for k in range(65)]
+
+
 def write_vqav2(root: Path, split: str, n: int, rng: random.Random) -> Path:
     # Imported here: bench_metrics puts this checkout first on sys.path, which the --load children
     # of another checkout (--before) must not get.
@@ -84,7 +88,7 @@ def write_vqav2(root: Path, split: str, n: int, rng: random.Random) -> Path:
         prediction = main if r < 0.6 else _variant(rng, main) if r < 0.75 else _zipf(rng, vocab[answer_type])
         questions.item({"image_id": image_id, "question": f"What is the {main} thing number {i} doing here?",
                         "question_id": qid})
-        annotations.item({"question_type": "what is the", "multiple_choice_answer": main,
+        annotations.item({"question_type": QUESTION_TYPES[i % len(QUESTION_TYPES)], "multiple_choice_answer": main,
                           "answers": [{"answer": a, "answer_confidence": "yes", "answer_id": j + 1}
                                       for j, a in enumerate(answers)],
                           "image_id": image_id, "answer_type": answer_type, "question_id": qid})
@@ -180,17 +184,16 @@ def write_coco(root: Path, split: str, n_images: int, n_captions: int, rng: rand
 # ----- the official scripts' loops (each run as its own process) ----------------------------------
 
 def official_vqav2(root: Path, split: str, results: Path) -> dict:
-    """vqa.py + vqaEval.py: json.load of all three files, index by question id, the literal loop."""
-    from bench_metrics import literal_vqa_accuracy
+    """vqa.py + vqaEval.py: json.load of all three files, index by question id, the script's loop (ported)."""
+    from official_ports import vqa_eval
 
     questions = json.load(open(root / f"v2_OpenEnded_mscoco_{split}_questions.json"))
     annotations = json.load(open(root / f"v2_mscoco_{split}_annotations.json"))
-    qa = {ann["question_id"]: ann for ann in annotations["annotations"]}
     qqa = {q["question_id"]: q for q in questions["questions"]}
     res = {r["question_id"]: r["answer"] for r in json.load(open(results))}
     assert set(res) == set(qqa), "Results do not correspond to current VQA set."
-    references = {qid: {"answers": [a["answer"] for a in ann["answers"]]} for qid, ann in qa.items()}
-    return {"accuracy": literal_vqa_accuracy(res, references)}
+    result = vqa_eval(annotations["annotations"], res)
+    return {"accuracy": 100 * float(sum(result["acc_qa"])) / len(result["acc_qa"])}
 
 
 def official_gqa(root: Path, split: str, results: Path) -> dict:
@@ -215,28 +218,11 @@ def official_gqa(root: Path, split: str, results: Path) -> dict:
 
 
 def official_docvqa(root: Path, split: str, results: Path) -> dict:
-    """A per-question ANLS loop with a textbook Levenshtein, as the public evaluation scripts write it."""
-    def levenshtein(a: str, b: str) -> int:
-        prev = list(range(len(b) + 1))
-        for i, ca in enumerate(a, 1):
-            cur = [i]
-            for j, cb in enumerate(b, 1):
-                cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (ca != cb)))
-            prev = cur
-        return prev[-1]
+    """The RRC script's evaluate_method (ported, its textbook Levenshtein included) over json.load-ed files."""
+    from official_ports import rrc_evaluate
 
-    data = json.load(open(root / split / f"{split}_v1.0.json"))["data"]
-    res = {r["questionId"]: r["answer"] for r in json.load(open(results))}
-    total = 0.0
-    for item in data:
-        pred = " ".join(res[item["questionId"]].strip().lower().split())
-        best = 0.0
-        for gt in item["answers"]:
-            gt = " ".join(gt.strip().lower().split())
-            nl = levenshtein(gt, pred) / max(len(gt), len(pred), 1)
-            best = max(best, 1 - nl if nl < 0.5 else 0.0)
-        total += best
-    return {"anls": total / len(data)}
+    gt = json.load(open(root / split / f"{split}_v1.0.json"))
+    return {"anls": rrc_evaluate(gt, json.load(open(results)))["result"]["score"]}
 
 
 def official_coco(root: Path, split: str, results: Path) -> dict:
