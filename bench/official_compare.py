@@ -47,6 +47,7 @@ from paligemma_cli.metrics.anls import anls  # noqa: E402
 from paligemma_cli.metrics.gqa import gqa_metrics  # noqa: E402
 from paligemma_cli.metrics.vqa import vqa_accuracy  # noqa: E402
 
+ARABIC_INDIC = str.maketrans("0123456789", "\u0660\u0661\u0662\u0663\u0664\u0665\u0666\u0667\u0668\u0669")
 SPACES = [" ", " ", " ", "  ", "\t", "\n", "\u00a0", "\u3000", "\u2009", "\x1f", "\x85"]
 DIGITS = "0123456789" * 2 + "\u0660\u0661\u0665\u0669\u0967\u096b\uff11\uff15\u00b2\u00bd"
 LETTERS = "abcdefghrstwxyz" * 2 + "ABCDRTXY\u0130\u00df\u00e9\u00c9\ufb01\u03a3"
@@ -92,7 +93,7 @@ def variant(rng: random.Random, text: str) -> str:
     if how == 2:
         return rng.choice(["the ", "a ", "A ", "The\t"]) + text
     if how == 3:
-        return text.translate(str.maketrans("0123456789", "\u0660\u0661\u0662\u0663\u0664\u0665\u0666\u0667\u0668\u0669"))
+        return text.translate(ARABIC_INDIC)
     if how == 4:
         return rng.choice(SPACES) + text + rng.choice(SPACES)
     if how == 5:
@@ -117,7 +118,8 @@ def _vqa_case(rng: random.Random, qid: int) -> tuple[dict, str]:
     prediction = variant(rng, rng.choice(answers)) if rng.random() < 0.7 else random_text(rng)
     annotation = {"question_id": qid, "question_type": rng.choice(["what is the", "how many", "is the", "[b]why"]),
                   "answer_type": rng.choice(["yes/no", "number", "other"]),
-                  "answers": [{"answer": a, "answer_confidence": "yes", "answer_id": i + 1} for i, a in enumerate(answers)]}
+                  "answers": [{"answer": a, "answer_confidence": "yes", "answer_id": i + 1}
+                              for i, a in enumerate(answers)]}
     return annotation, prediction
 
 
@@ -242,7 +244,8 @@ def compare_gqa(cases: int, seed: int) -> Tally:
     questions[ids[0]]["groups"]["global"] = "color"  # eval.py divides by the grouped questions
     choices = {qid: {"valid": rng.sample(GQA_ANSWERS, 4), "plausible": rng.sample(GQA_ANSWERS, 2)} for qid in ids}
     predictions = {qid: q["answer"] if rng.random() < 0.6 else rng.choice(GQA_ANSWERS) for qid, q in questions.items()}
-    ours, theirs = gqa_metrics(predictions, questions, choices=choices), official.gqa_eval(questions, choices, predictions)
+    ours = gqa_metrics(predictions, questions, choices=choices)
+    theirs = official.gqa_eval(questions, choices, predictions)
     tally = Tally()
     for name in ("accuracy", "binary", "open", "consistency", "validity", "plausibility", "distribution"):
         tally.check(name, ours[name], theirs[name])
@@ -278,9 +281,9 @@ def compare_coco(cases: int, seed: int) -> Tally:
     predictions = {i: variant(rng, rng.choice(caps)) if rng.random() < 0.6 else random_text(rng, (0, 8))
                    for i, caps in references.items()}
     coco = COCO()
+    pairs = [(i, c) for i, captions in references.items() for c in captions]
     coco.dataset = {"images": [{"id": i} for i in references],
-                    "annotations": [{"id": k, "image_id": i, "caption": c}
-                                    for k, (i, c) in enumerate(((i, c) for i, cs in references.items() for c in cs), 1)]}
+                    "annotations": [{"id": k, "image_id": i, "caption": c} for k, (i, c) in enumerate(pairs, 1)]}
     with contextlib.redirect_stdout(io.StringIO()):
         coco.createIndex()
         res = coco.loadRes([{"image_id": i, "caption": p} for i, p in predictions.items()])

@@ -39,6 +39,7 @@ def test_the_comparison_sees_a_difference(monkeypatch):
 
 def test_the_vqa_port_is_python_3s_unicode_script():
     # Issue #19's case through the port itself: 30, where ASCII-only digits would give 100.
+    gold = ["1.\u0665"] * 8 + ["1\u0665", "1.5"]
     annotations = [{"question_id": 1, "question_type": "what", "answer_type": "number",
-                    "answers": [{"answer": a, "answer_id": i} for i, a in enumerate(["1.\u0665"] * 8 + ["1\u0665", "1.5"])]}]
+                    "answers": [{"answer": a, "answer_id": i} for i, a in enumerate(gold)]}]
     assert official_ports.vqa_eval(annotations, {1: "1\u0665"})["accuracy"]["overall"] == 30.0

@@ -2,16 +2,17 @@
 
 Reference: GT-Vision-Lab/VQA, PythonEvaluationTools/vqaEvaluation/vqaEval.py, current master
 (after the commit "Fixed processing answers bug", 2021), run under Python 3: its regexes match
-Unicode digits, and `str.lower`, `str.split`, `str.strip` are Python 3's Unicode ones. Every quirk of that script that can
-change a score is reproduced on purpose and commented where it happens; the old copy of the
-script that still circulates (other punctuation list, curly apostrophes, prediction always
-normalised) is *not* what this module implements, except for ``always_normalize=True``.
+Unicode digits, and `str.lower`, `str.split`, `str.strip` are Python 3's Unicode ones. Every
+quirk of that script that can change a score is reproduced on purpose and commented where it
+happens; the old copy of the script that still circulates (other punctuation list, curly
+apostrophes, prediction always normalised) is *not* what this module implements, except for
+``always_normalize=True``.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Hashable, Iterable, Mapping, Sequence
 from functools import lru_cache
 
 from paligemma_cli.errors import PgmError
@@ -113,8 +114,9 @@ def normalize_answer(text: str) -> str:
     In order: newlines/tabs to spaces and strip; the punctuation rule (each of
     ``; / [ ] " { } ( ) = + \\ _ - > < @ ` , ? !`` is deleted when it touches a space or the
     text contains a digit,digit comma, otherwise replaced by a space); periods not followed by
-    a digit removed (digits are any Unicode decimal digits, as Python 3's ``\\d``); lower-case; number words none..ten to digits; articles a/an/the dropped;
-    the official contraction table ("dont" -> "don't"). Whitespace runs collapse to one space.
+    a digit removed (any Unicode decimal digit, as Python 3's ``\\d``); lower-case (str.lower);
+    number words none..ten to digits; articles a/an/the dropped; the official contraction table
+    ("dont" -> "don't"). Whitespace runs (str.split: any Unicode space) collapse to one space.
     """
     return _process_digits_articles(_process_punctuation(_clean(text)))
 
@@ -125,11 +127,11 @@ _cleaned = lru_cache(maxsize=1 << 18)(_clean)
 
 
 def _score(prediction: str, answers: Sequence[str], always_normalize: bool) -> float:
-    gts = [_cleaned(a) for a in answers]
+    gts = list(map(_cleaned, answers))  # map: the cached functions are C calls, 10 per question
     pred = _cleaned(prediction)
     if len(set(gts)) > 1:
         # Official: ground truths *and* prediction are processed only when annotators disagree.
-        gts = [_normalized(a) for a in gts]
+        gts = list(map(_normalized, gts))
         pred = _normalized(pred)
     elif always_normalize:
         # EvalAI-server behaviour: the prediction is always processed. With unanimous
@@ -182,12 +184,23 @@ def vqa_accuracy(
     dict (``overall``, ``perAnswerType``, ``perQuestionType``) holds the same figures rounded
     to 2 decimals. Types appear in the order their first question does, as there.
     """
+    questions = ((qid, ref["answers"], ref.get("answer_type"), ref.get("question_type"))
+                 for qid, ref in references.items())
+    return vqa_accuracy_of(predictions, questions, always_normalize=always_normalize)
+
+
+def vqa_accuracy_of(
+    predictions: Mapping[Hashable, str],
+    questions: Iterable[tuple[Hashable, Sequence[str], str | None, str | None]],
+    *,
+    always_normalize: bool = False,
+) -> dict:
+    """`vqa_accuracy` over ``(id, answers, answer type, question type)`` tuples (no dict per question)."""
     per_question: dict = {}
     by_answer_type: dict[str, list[float]] = {}
     by_question_type: dict[str, list[float]] = {}
     total = 0.0
-    for qid, ref in references.items():
-        answers = ref["answers"]
+    for qid, answers, answer_type, question_type in questions:
         if not answers:
             raise PgmError(
                 f"VQA question {qid!r} has no ground-truth answers to score against.",
@@ -197,7 +210,6 @@ def vqa_accuracy(
         acc = 0.0 if prediction is None else _score(prediction, answers, always_normalize)
         total += acc
         per_question[qid] = 100 * acc
-        answer_type, question_type = ref.get("answer_type"), ref.get("question_type")
         if answer_type is not None:
             by_answer_type.setdefault(answer_type, []).append(acc)
         if question_type is not None:

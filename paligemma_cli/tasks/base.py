@@ -100,7 +100,7 @@ class Task:
             if not isinstance(answer, str):
                 raise PgmError(f"{source} {where}: \"{self.answer_key}\" must be a string "
                                f"(got {json.dumps(answer)[:60]}).",
-                               'Write every answer as a JSON string (e.g. "2"): the official scorers take only strings.')
+                               'Write every answer as a JSON string (e.g. "2"): official scorers take only strings.')
             out[self.normalise_id(rec[self.id_key])] = answer
         return out
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from functools import partial
 from pathlib import Path
 from typing import Any, Hashable, Optional, Sequence, Union
 
@@ -86,12 +85,10 @@ class DocVQA(Task):
     def load_official(self, root: Path, split: str, template: str | None = None) -> list[Record]:
         path = self.annotation_file(root, split)
         items = decode_json(path, "the DocVQA annotation file", _Annotations).data
-        kind = RecordKind(path.parent, "{}", partial(self.prefix, template=template), ("question", None,
-                          ("docId", *_CATEGORIES)))
-        return [Record(item.questionId, item.question, item.answers, item.image,
-                       (item.docId, *map(_labels, (item.question_types, item.answer_type, item.evidence,
-                                                   item.operation))), kind)
-                for item in items]
+        meta_names = ("question", None, ("docId", *_CATEGORIES))
+        kind = RecordKind(path.parent, "{}", template or self.prompt_template, meta_names)
+        return [Record(item.questionId, item.question, item.answers, item.image, (item.docId, *map(_labels, (
+            item.question_types, item.answer_type, item.evidence, item.operation))), kind) for item in items]
 
     def from_hf_row(self, row: dict[str, Any], index: int, template: str | None) -> Example:
         question = first_present(row, ["question"], self.hf_id)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from functools import partial
 from pathlib import Path
 from sys import intern
 from typing import Any, Hashable, Optional, Sequence, TypedDict
@@ -113,7 +112,7 @@ class GQA(Task):
     def load_official(self, root: Path, split: str, template: str | None = None) -> list[Record]:
         questions = decode_json(self.balanced_file(root, split), "the GQA balanced questions file",
                                 dict[str, _Question])
-        kind = RecordKind(root / "images", "{}.jpg", partial(self.prefix, template=template), ("question", "image_id"))
+        kind = RecordKind(root / "images", "{}.jpg", template or self.prompt_template, ("question", "image_id"))
         # Image ids repeat (~6 questions per image): one shared str each.
         return [Record(qid, q.question, [intern(q.answer)] if q.answer is not None else [], intern(q.imageId),
                        None, kind) for qid, q in questions.items()]

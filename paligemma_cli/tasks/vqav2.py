@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import random
-from functools import partial
 from pathlib import Path
 from sys import intern
 from typing import Any, Hashable, Optional, Sequence
@@ -52,12 +51,12 @@ def _image_dirs(root: Path, split: str) -> list[Path]:
     return [root / img, root / "images" / img, root / "Images" / "mscoco" / img, root / "coco" / img]
 
 
-def _types(example: Example | Record) -> tuple[str | None, str | None]:
-    """(answer type, question type). A Record keeps them in `info`: building its meta dict per
-    question would cost a dict each."""
+def _types(example: Example | Record) -> tuple[str, str | None]:
+    """(answer type, question type), "other" when the answer type is not given. A Record keeps
+    them in `info`: building its meta dict per question would cost a dict each."""
     if isinstance(example, Record):
-        return example.info or (None, None)
-    return example.meta.get("answer_type"), example.meta.get("question_type")
+        return example.info or ("other", None)
+    return example.meta.get("answer_type") or "other", example.meta.get("question_type")
 
 
 class VQAv2(Task):
@@ -96,7 +95,7 @@ class VQAv2(Task):
             answers = {a.question_id: a for a in decode_json(afile, "the VQAv2 annotations file", _Annotations).annotations}
         img = _image_split(split)
         image_dir = next((d for d in _image_dirs(root, split) if d.is_dir()), _image_dirs(root, split)[0])
-        kind = RecordKind(image_dir, f"COCO_{img}_{{:012d}}.jpg", partial(self.prefix, template=template),
+        kind = RecordKind(image_dir, f"COCO_{img}_{{:012d}}.jpg", template or self.prompt_template,
                           ("question", "image_id", ("answer_type", "question_type")))
         records = []
         types: dict[tuple, tuple] = {}  # ~200 distinct (answer type, question type) pairs: one tuple each
@@ -108,7 +107,9 @@ class VQAv2(Task):
             info = None
             if ann is not None:
                 pair = (ann.answer_type, ann.question_type)
-                info = types.setdefault(pair, pair)
+                info = types.get(pair)
+                if info is None:
+                    info = types[pair] = pair
             # Answer strings repeat massively ("yes", "2"): one shared str each keeps 443k questions small.
             records.append(Record(q.question_id, q.question, [intern(a.answer) for a in ann.answers] if ann else [],
                                   q.image_id, info, kind))
@@ -127,14 +128,10 @@ class VQAv2(Task):
 
     def score(self, predictions: dict[Hashable, str], examples: Sequence[Example],
               extra: dict[str, Any]) -> Score:
-        from paligemma_cli.metrics.vqa import vqa_accuracy
+        from paligemma_cli.metrics.vqa import vqa_accuracy_of
 
-        references = {}
-        for ex in examples:
-            answer_type, question_type = _types(ex)
-            references[ex.id] = {"answers": ex.answers, "answer_type": answer_type or "other",
-                                 "question_type": question_type}
-        result = vqa_accuracy(predictions, references, always_normalize=bool(extra.get("always_normalize")))
+        questions = ((ex.id, ex.answers, *_types(ex)) for ex in examples)
+        result = vqa_accuracy_of(predictions, questions, always_normalize=bool(extra.get("always_normalize")))
         metrics = {k: result[k] for k in ("accuracy", "per_answer_type", "per_question_type")}
         unavailable = {}
         if not metrics["per_question_type"]:

@@ -273,8 +273,8 @@ def test_vqav2_reports_accuracy_per_question_type(synthetic_data, tmp_path):
     examples = task.load_official(root, "val2014")
     results = tmp_path / "results.json"
     # Right on the colour questions ("what ..."), wrong on the count questions ("how ...").
-    results.write_text(json.dumps([{"question_id": ex.id, "answer": ex.answers[0] if ex.meta["question"].startswith("what")
-                                    else "wrong"} for ex in examples]))
+    answers = [ex.answers[0] if ex.meta["question"].startswith("what") else "wrong" for ex in examples]
+    results.write_text(json.dumps([{"question_id": ex.id, "answer": a} for ex, a in zip(examples, answers)]))
     result = pgm("eval", "--task", "vqav2", "--predictions", results, "--data-root", root, "-o", tmp_path / "out")
     assert result.exit_code == 0, result.output
     metrics = read_outputs(tmp_path / "out")[0]["metrics"]
