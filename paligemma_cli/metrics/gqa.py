@@ -44,15 +44,18 @@ def _chi_square(gold: Mapping, predicted: Mapping) -> float:
     return sum_score / sum_overall
 
 
-# eval.py getStepsNum: program steps whose "operation: argument" contains none of these (the final
-# query of a name, an existence check) do not count as reasoning steps.
-_NOT_STEPS = ("exist", "query: name", "choose name")
-
-
 def steps_number(question: Mapping) -> int:
-    """eval.py's number of reasoning steps of a question (its `semantic` program)."""
-    return sum(1 for step in question["semantic"]
-               if not any(o in f"{step['operation']}: {step['argument']}" for o in _NOT_STEPS))
+    """eval.py's number of reasoning steps of a question (getStepsNum over its `semantic` program).
+
+    A step counts unless its "operation: argument" text contains "exist", "query: name" or
+    "choose name" (a substring test, as there: "select: coexistence" does not count either).
+    """
+    steps = 0
+    for step in question["semantic"]:
+        text = f"{step['operation']}: {step['argument']}"
+        if "exist" not in text and "query: name" not in text and "choose name" not in text:
+            steps += 1
+    return steps
 
 
 def words_number(question: Mapping) -> int:
@@ -78,14 +81,17 @@ class _Tally:
     def add_accuracy(self, question: Mapping, score: float) -> None:
         self.accuracy.append(score)
         types = question.get("types", {})
-        structural = types.get("structural")
+        structural, semantic = types.get("structural"), types.get("semantic")
         (self.open if structural == "query" else self.binary).append(score)
-        keys = {"per_structural_type": structural, "per_semantic_type": types.get("semantic"),
-                "per_steps_number": steps_number(question) if "semantic" in question else None,
-                "per_words_number": words_number(question) if "question" in question else None}
-        for name, key in keys.items():
-            if key is not None:
-                self.per[name][key].append(score)
+        per = self.per
+        if structural is not None:
+            per["per_structural_type"][structural].append(score)
+        if semantic is not None:
+            per["per_semantic_type"][semantic].append(score)
+        if "semantic" in question:
+            per["per_steps_number"][steps_number(question)].append(score)
+        if "question" in question:
+            per["per_words_number"][words_number(question)].append(score)
 
     def add_choices(self, qid, question: Mapping, predicted, choices: Mapping) -> None:
         if qid not in choices:
