@@ -86,7 +86,9 @@ class Task:
         """Official-format records, each with where it is ("line 3", "item 3") -> {id: prediction}.
 
         Extra keys are ignored (pgm's predictions.jsonl adds prompt, references, score); a
-        record without the two official keys, or whose answer is not text, is an error naming it.
+        record without the two official keys, or whose answer is not a string, is an error naming
+        it. A number is not taken as its text: vqaEval.py and the RRC ANLS script stop on one
+        (they call string methods on it) and GQA's eval.py counts it wrong (2 != "2").
         """
         out: dict[Hashable, str] = {}
         for where, rec in records:
@@ -95,10 +97,11 @@ class Task:
                                f"{{\"{self.id_key}\": ..., \"{self.answer_key}\": ...}}.",
                                self._format_hint(rec))
             answer = rec[self.answer_key]
-            if isinstance(answer, bool) or not isinstance(answer, (str, int, float)):
+            if not isinstance(answer, str):
                 raise PgmError(f"{source} {where}: \"{self.answer_key}\" must be a string "
-                               f"(got {json.dumps(answer)[:60]}).", "Write one answer string per result.")
-            out[self.normalise_id(rec[self.id_key])] = str(answer)
+                               f"(got {json.dumps(answer)[:60]}).",
+                               'Write every answer as a JSON string (e.g. "2"): official scorers take only strings.')
+            out[self.normalise_id(rec[self.id_key])] = answer
         return out
 
     def _format_hint(self, rec: Any) -> str:

@@ -142,7 +142,7 @@ def _write(path, text):
 
 def test_json_list_and_json_lines_read_the_same(tmp_path):
     task = get_task("vqav2")
-    records = [{"question_id": 11, "answer": "red"}, {"question_id": "12", "answer": 2,
+    records = [{"question_id": 11, "answer": "red"}, {"question_id": "12", "answer": "2",
                                                       "prompt": "p", "references": ["2"], "score": 1.0}]
     as_list = _write(tmp_path / "a.json", json.dumps(records, indent=2))
     as_lines = _write(tmp_path / "a.jsonl", "\n".join(json.dumps(r) for r in records) + "\n\n")
@@ -159,6 +159,10 @@ def test_json_list_and_json_lines_read_the_same(tmp_path):
     ('[{"questionId": "a", "prediction": "x"}, {"questionId": "b", "answer": "y"}]',
      ["item 2", '"prediction"', "docvqa format"]),
     ('{"questionId": "a", "prediction": null}\n', ["line 1", '"prediction" must be a string']),
+    # A number is not its text: vqaEval.py and the RRC script stop on one, GQA's eval.py counts it wrong.
+    ('{"questionId": "a", "prediction": "2"}\n{"questionId": "b", "prediction": 2}\n',
+     ["line 2", '"prediction" must be a string (got 2)', 'as a JSON string (e.g. "2")']),
+    ('[{"questionId": "a", "prediction": 2.5}]', ["item 1", "(got 2.5)"]),
     ('["yes", "no"]', ["item 1", "not an object"]),
     ('{\n  "a": "yes",\n  "b": "no"\n}\n', ["line 1", "Got keys [a, b]"]),
     ("\n\n", ["holds no predictions"]),
@@ -236,7 +240,11 @@ def test_gqa_metrics_json_has_the_official_keys_first(synthetic_data):
     truth = {ex.id: ex.answers[0] for ex in examples}
     result = score(task, truth, examples, extra)
     assert list(result.metrics) == ["accuracy", "binary", "open", "consistency", "validity", "plausibility",
-                                    "distribution", "per_structural_type", "per_semantic_type"]
+                                    "distribution", "per_structural_type", "per_semantic_type", "per_steps_number",
+                                    "per_words_number"]
+    # Synthetic programs: select + query color, select + verify color: two steps each.
+    assert result.metrics["per_steps_number"] == {2: 100.0}
+    assert set(result.metrics["per_words_number"]) == {4, 5}  # "what color is the shape?", "is the shape red?"
     assert result.metrics["accuracy"] == result.metrics["consistency"] == result.metrics["validity"] == 100.0
     # The synthetic questions carry no global answer group: distribution says why it is missing.
     assert result.metrics["distribution"] is None and "groups.global" in result.unavailable["distribution"]
@@ -249,9 +257,12 @@ def test_gqa_metrics_json_has_the_official_keys_first(synthetic_data):
     assert result.metrics["validity"] is None and "choices" in result.unavailable["plausibility"]
     assert any("entailed questions are not in the scored question set" in n for n in result.notes)
 
-    # Official questions not on disk (hub / JSONL source): no binary split, no consistency.
+    # Official questions not on disk (hub / JSONL source): no binary split, no consistency, no
+    # programs; the question texts still give the words numbers.
     result = score(task, truth, examples, {})
     assert result.metrics["binary"] is None and result.metrics["consistency"] is None
+    assert result.metrics["per_steps_number"] is None and "per_steps_number" in result.unavailable
+    assert set(result.metrics["per_words_number"]) == {4, 5}
     assert result.metrics["accuracy"] == 100.0
 
 
@@ -271,7 +282,7 @@ def test_outputs_and_the_submission_format(tmp_path):
 
     rows = [{"image_id": 7, "caption": "a cat", "prompt": "caption en", "references": ["a cat"], "score": 1.5}]
     result = EvalResult({"CIDEr": 1.5, "SPICE": None, "odd": float("nan")}, rows, ["a note"],
-                        {"SPICE": "install CoreNLP"}, examples=2)
+                        {"SPICE": "install CoreNLP"}, examples=2, predictions_read=3)
     with claim_output(tmp_path / "out", "eval") as output:
         written = write_eval_outputs(output, task, result, info={"split": "val2017", "source": "x"})
     assert [p.name for p in written] == ["predictions.jsonl", "metrics.json"]
@@ -280,7 +291,8 @@ def test_outputs_and_the_submission_format(tmp_path):
     metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert metrics["metrics"] == {"CIDEr": 1.5, "SPICE": None, "odd": None}
     assert metrics["unavailable"] == {"SPICE": "install CoreNLP"}
-    assert (metrics["examples"], metrics["predictions"], metrics["notes"]) == (2, 1, ["a note"])
+    assert (metrics["examples"], metrics["predictions_scored"], metrics["predictions_read"], metrics["notes"]) == \
+        (2, 1, 3, ["a note"])
     assert json.loads((tmp_path / "out" / "predictions.jsonl").read_text()) == rows[0]
 
 
