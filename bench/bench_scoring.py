@@ -1,6 +1,7 @@
 """`pgm eval --predictions` at each data set's real size, next to the official scripts' own loop.
 
 Run: .venv/bin/python bench/bench_scoring.py [--tasks vqav2 gqa docvqa coco train] [--tmp DIR]
+     [--before CHECKOUT] [--repeat N]
 
 Writes synthetic files in the official formats at the real sizes to a temp dir (removed after):
 VQAv2 val2014 (214,354 questions, 10 answers each), GQA val (132,062 balanced questions, 2.0 M in
@@ -8,9 +9,11 @@ val_all_questions.json with programs, annotations and entailed ids, choices for 
 file for all of them, as the official evaluation requires), DocVQA val (5,349), COCO val2017
 (5,000 images, 25,014 captions). Each runs as a whole process: `python -m paligemma_cli eval
 --predictions ...` and, side by side, a process doing what the official script does (json.load of
-every file, then its literal loop: vqaEval.py for VQAv2, eval.py with consistency for GQA,
-COCOEvalCap's steps for COCO, a per-question ANLS loop for DocVQA). Prints wall time, peak RSS
-(os.wait4) and their ratios; checks both give the same headline metric.
+every file, then its loop: vqaEval.py and the RRC ANLS script as ported in bench/official_ports.py,
+eval.py with consistency for GQA, COCOEvalCap's steps for COCO). Prints wall time, peak RSS
+(os.wait4) and their ratios; checks both give the same headline metric. `--before CHECKOUT` adds the
+same `pgm eval` with another checkout's paligemma_cli; `--repeat N` runs both N times, alternately,
+and reports the median (the fair before/after comparison on a shared machine).
 `train` times the training-path loaders (`task.load_official`) on VQAv2 train2014 (443,757
 questions), GQA train balanced (943,000) and COCO train2017 (591,753 captions), next to a bare
 `json.load` of the same files. `readers` times each JSON reader on the VQAv2 val annotations (orjson
@@ -25,6 +28,7 @@ import os
 import platform
 import random
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -63,6 +67,10 @@ class Writer:
 
 # ----- data in the official formats ---------------------------------------------------------------
 
+# VQAv2 has 65 question types (the first words of the question: "what color is the", "how many", ...).
+QUESTION_TYPES = [f"what type {k} is the" for k in range(65)]
+
+
 def write_vqav2(root: Path, split: str, n: int, rng: random.Random) -> Path:
     # Imported here: bench_metrics puts this checkout first on sys.path, which the --load children
     # of another checkout (--before) must not get.
@@ -84,7 +92,7 @@ def write_vqav2(root: Path, split: str, n: int, rng: random.Random) -> Path:
         prediction = main if r < 0.6 else _variant(rng, main) if r < 0.75 else _zipf(rng, vocab[answer_type])
         questions.item({"image_id": image_id, "question": f"What is the {main} thing number {i} doing here?",
                         "question_id": qid})
-        annotations.item({"question_type": "what is the", "multiple_choice_answer": main,
+        annotations.item({"question_type": QUESTION_TYPES[i % len(QUESTION_TYPES)], "multiple_choice_answer": main,
                           "answers": [{"answer": a, "answer_confidence": "yes", "answer_id": j + 1}
                                       for j, a in enumerate(answers)],
                           "image_id": image_id, "answer_type": answer_type, "question_id": qid})
@@ -180,17 +188,16 @@ def write_coco(root: Path, split: str, n_images: int, n_captions: int, rng: rand
 # ----- the official scripts' loops (each run as its own process) ----------------------------------
 
 def official_vqav2(root: Path, split: str, results: Path) -> dict:
-    """vqa.py + vqaEval.py: json.load of all three files, index by question id, the literal loop."""
-    from bench_metrics import literal_vqa_accuracy
+    """vqa.py + vqaEval.py: json.load of all three files, index by question id, the script's loop (ported)."""
+    from official_ports import vqa_eval
 
     questions = json.load(open(root / f"v2_OpenEnded_mscoco_{split}_questions.json"))
     annotations = json.load(open(root / f"v2_mscoco_{split}_annotations.json"))
-    qa = {ann["question_id"]: ann for ann in annotations["annotations"]}
     qqa = {q["question_id"]: q for q in questions["questions"]}
     res = {r["question_id"]: r["answer"] for r in json.load(open(results))}
     assert set(res) == set(qqa), "Results do not correspond to current VQA set."
-    references = {qid: {"answers": [a["answer"] for a in ann["answers"]]} for qid, ann in qa.items()}
-    return {"accuracy": literal_vqa_accuracy(res, references)}
+    result = vqa_eval(annotations["annotations"], res)
+    return {"accuracy": 100 * float(sum(result["acc_qa"])) / len(result["acc_qa"])}
 
 
 def official_gqa(root: Path, split: str, results: Path) -> dict:
@@ -215,28 +222,11 @@ def official_gqa(root: Path, split: str, results: Path) -> dict:
 
 
 def official_docvqa(root: Path, split: str, results: Path) -> dict:
-    """A per-question ANLS loop with a textbook Levenshtein, as the public evaluation scripts write it."""
-    def levenshtein(a: str, b: str) -> int:
-        prev = list(range(len(b) + 1))
-        for i, ca in enumerate(a, 1):
-            cur = [i]
-            for j, cb in enumerate(b, 1):
-                cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (ca != cb)))
-            prev = cur
-        return prev[-1]
+    """The RRC script's evaluate_method (ported, its textbook Levenshtein included) over json.load-ed files."""
+    from official_ports import rrc_evaluate
 
-    data = json.load(open(root / split / f"{split}_v1.0.json"))["data"]
-    res = {r["questionId"]: r["answer"] for r in json.load(open(results))}
-    total = 0.0
-    for item in data:
-        pred = " ".join(res[item["questionId"]].strip().lower().split())
-        best = 0.0
-        for gt in item["answers"]:
-            gt = " ".join(gt.strip().lower().split())
-            nl = levenshtein(gt, pred) / max(len(gt), len(pred), 1)
-            best = max(best, 1 - nl if nl < 0.5 else 0.0)
-        total += best
-    return {"anls": total / len(data)}
+    gt = json.load(open(root / split / f"{split}_v1.0.json"))
+    return {"anls": rrc_evaluate(gt, json.load(open(results)))["result"]["score"]}
 
 
 def official_coco(root: Path, split: str, results: Path) -> dict:
@@ -297,7 +287,22 @@ def pgm_eval(task: str, root: Path, split: str, results: Path, out: Path, code: 
     return wall, rss, json.loads((out / "metrics.json").read_text())["metrics"]
 
 
-def score_rows(task: str, tmp: Path, rng: random.Random, before: Path | None) -> list[tuple]:
+def timed_pgm_evals(task: str, root: Path, split: str, results: Path, tmp: Path, before: Path | None,
+                    repeat: int) -> dict[str, tuple[float, float, dict]]:
+    """{"this"[, "before"]: (median wall, peak RSS, metrics)} of `repeat` runs of each, alternating.
+
+    Alternating the two checkouts' runs spreads a shared machine's changing load over both.
+    """
+    runs: dict[str, list] = {"this": [], "before": []}
+    for _ in range(repeat):
+        runs["this"].append(pgm_eval(task, root, split, results, tmp / f"{task}-out"))
+        if before is not None:
+            runs["before"].append(pgm_eval(task, root, split, results, tmp / f"{task}-before", before))
+    return {name: (statistics.median(r[0] for r in got), max(r[1] for r in got), got[-1][2])
+            for name, got in runs.items() if got}
+
+
+def score_rows(task: str, tmp: Path, rng: random.Random, before: Path | None, repeat: int = 1) -> list[tuple]:
     root = tmp / task
     root.mkdir(parents=True, exist_ok=True)
     split = SPLITS[task]
@@ -314,20 +319,22 @@ def score_rows(task: str, tmp: Path, rng: random.Random, before: Path | None) ->
         results = write_coco(root, split, *SIZES["coco"], rng)
         size = f"{SIZES['coco'][0]:,} images, {SIZES['coco'][1]:,} captions"
     mb = sum(p.stat().st_size for p in root.rglob("*.json")) / 1e6
-    wall, rss, metrics = pgm_eval(task, root, split, results, tmp / f"{task}-out")
+    timed = timed_pgm_evals(task, root, split, results, tmp, before, repeat)
+    wall, rss, metrics = timed["this"]
     o_wall, o_rss, o_out = measured([sys.executable, __file__, "--official", task, str(root), split, str(results)])
     official = json.loads(o_out.strip().splitlines()[-1])  # pycocoevalcap prints on stdout too
     key = HEADLINE[task]
     same = abs(official[key] - metrics[key]) < 1e-9 * max(1.0, abs(metrics[key]))
     if task == "gqa":
         same = same and abs(official["consistency"] - metrics["consistency"]) < 1e-9
-    rows = [(task, size, f"{mb:,.0f}", "pgm eval --predictions", wall, rss, o_wall / wall, o_rss / rss,
+    of = f", median of {repeat}" if repeat > 1 else ""
+    rows = [(task, size, f"{mb:,.0f}", f"pgm eval --predictions{of}", wall, rss, o_wall / wall, o_rss / rss,
              f"{metrics[key]:.4f}", same)]
     rows.append((task, size, f"{mb:,.0f}", "official loop", o_wall, o_rss, 1.0, 1.0, f"{official[key]:.4f}", same))
     if before is not None:  # the same command with an earlier checkout's paligemma_cli
-        b_wall, b_rss, b_metrics = pgm_eval(task, root, split, results, tmp / f"{task}-before", before)
+        b_wall, b_rss, b_metrics = timed["before"]
         b_same = abs(b_metrics[key] - metrics[key]) < 1e-9 * max(1.0, abs(metrics[key]))
-        rows.append((task, size, f"{mb:,.0f}", f"pgm eval --predictions, before ({before.name})", b_wall, b_rss,
+        rows.append((task, size, f"{mb:,.0f}", f"pgm eval --predictions, before ({before.name}){of}", b_wall, b_rss,
                      o_wall / b_wall, o_rss / b_rss, f"{b_metrics[key]:.4f}", b_same))
     if task == "coco":
         rows.append(("", "", "", "official steps: " + ", ".join(f"{k} {v:.1f} s" for k, v in official["_times"].items()),
@@ -419,6 +426,8 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--before", type=Path, default=None,
                         help="Also run pgm from this earlier checkout (its paligemma_cli) on the same files.")
+    parser.add_argument("--repeat", type=int, default=1, help="Run pgm eval (and --before's) this many times, "
+                        "alternately, and report the median time (the official loop runs once).")
     parser.add_argument("--scale", type=float, default=1.0, help="Shrink every size (a quick check; not the real sizes).")
     parser.add_argument("--official", nargs=4, metavar=("TASK", "ROOT", "SPLIT", "RESULTS"), help=argparse.SUPPRESS)
     parser.add_argument("--load", nargs=4, metavar=("TASK", "ROOT", "SPLIT", "HOW"), help=argparse.SUPPRESS)
@@ -447,7 +456,7 @@ def main() -> int:
                   "| official loop ÷ this, RSS | headline | same metric |")
             print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
         for task in scored:
-            for row in score_rows(task, tmp, rng, args.before):
+            for row in score_rows(task, tmp, rng, args.before, args.repeat):
                 name, size, mb, what, wall, rss, tr, rr, headline, same = row
                 if wall is None:
                     print(f"| {name} | | | {what} | | | | | | |", flush=True)
@@ -456,7 +465,7 @@ def main() -> int:
                       f"| {headline} | {'yes' if same else 'NO'} |", flush=True)
                 ok = ok and same
                 goal = GOALS.get(task)
-                if goal and what == "pgm eval --predictions":
+                if goal and what.startswith("pgm eval --predictions") and "before" not in what:
                     met = wall <= goal[0] and (goal[1] is None or rss <= goal[1])
                     ok = ok and met
                     print(f"|  | goal ≤ {goal[0]:.0f} s" + (f", ≤ {goal[1]:.0f} GB" if goal[1] else "")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -140,9 +141,10 @@ class TrainConfig:
         "Log config, loss, lr and metrics to Weights & Biases (WANDB_MODE=offline works)."))
     wandb_project: str = field(default="pgm", metadata=opt("W&B project name."))
     overwrite: bool = field(default=False, metadata=opt(
-        "Allow an output dir that already holds files pgm did not write."))
+        "Start over in an output dir holding an earlier pgm run: only the files pgm recorded there are "
+        "replaced (a folder holding other files is refused)."))
     resume: bool = field(default=False, metadata=opt(
-        "Continue from the latest checkpoint in --output-dir."))
+        "Continue from the newest checkpoint in --output-dir that loads completely."))
     group_by_length: bool | None = field(default=None, metadata=opt(
         "Batch examples of similar token length (shuffled in mega-batches from --seed), so padding "
         "wastes little; default on for docvqa and coco (long, mixed answers), off for vqav2 and gqa."))
@@ -190,6 +192,8 @@ def _check_field(f: dataclasses.Field, value: Any) -> str | None:
     if meta.get("choices") and value not in meta["choices"]:
         return f"{flag(f.name)} must be one of {', '.join(meta['choices'])} (got {value!r})"
     lo, hi = meta.get("min"), meta.get("max")
+    if isinstance(value, float) and not math.isfinite(value):  # nan passes every comparison
+        return f"{flag(f.name)} must be a finite number (got {value})"
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         if lo is not None and (value < lo or (meta.get("min_open") and value == lo)):
             rel = ">" if meta.get("min_open") else ">="

@@ -2,7 +2,7 @@
 
 import pytest
 
-from paligemma_cli.config import TrainRun, build_run
+from paligemma_cli.config import TrainRun, all_fields, build_run, flag
 from paligemma_cli.errors import PgmError
 
 
@@ -58,3 +58,27 @@ def test_wrong_type_names_flag(tmp_path):
 def test_to_dict_is_flat_and_complete():
     d = TrainRun().to_dict()
     assert d["learning_rate"] == 2e-4 and d["output_dir"] == "outputs/run" and "lora_rank" in d
+
+
+FLOAT_FIELDS = [name for name, (_, f) in all_fields().items() if str(f.type).startswith("float")]
+
+
+@pytest.mark.parametrize("name", FLOAT_FIELDS)
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
+def test_every_float_setting_must_be_finite(name, value):
+    """NaN passes every range check (nan < 0 and nan > 1 are both False): each float is checked."""
+    with pytest.raises(PgmError) as info:
+        build_run({name: value})
+    assert f"{flag(name)} must be a finite number (got {value})" in info.value.message
+
+
+def test_the_float_settings_are_the_ones_expected():
+    assert set(FLOAT_FIELDS) == {"lora_alpha", "lora_dropout", "num_epochs", "learning_rate", "weight_decay",
+                                 "warmup_ratio", "max_grad_norm"}
+
+
+def test_an_integer_setting_given_inf_in_yaml_is_the_wrong_type(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("max_steps: .inf\n")
+    with pytest.raises(PgmError, match="--max-steps has the wrong type: inf"):
+        build_run({}, cfg)

@@ -9,6 +9,7 @@ from typing import Callable
 
 import typer
 from rich.console import Console
+from rich.text import Text
 
 from paligemma_cli.errors import PgmError
 
@@ -17,9 +18,10 @@ err_console = Console(stderr=True)
 
 
 def error_line(message: str, hint: str | None = None) -> None:
-    text = f"[bold red]Error:[/] {message}"
+    """One red `Error:` line; message and hint are printed verbatim (a path like `[bold]x` is text)."""
+    text = Text.assemble(("Error:", "bold red"), " ", message)
     if hint:
-        text += f" [dim]{hint}[/]"
+        text.append(" ").append(hint, style="dim")
     err_console.print(text, highlight=False, soft_wrap=True)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 
 from paligemma_cli.cli._ui import console, edge
 
@@ -19,23 +20,24 @@ def synth(task: str = typer.Argument(..., help="coco, docvqa, gqa or vqav2."),
           num_examples: int = typer.Option(64, "--num-examples", "-n", min=1,
                                            help="Images per split (each has 1-2 questions)."),
           seed: int = typer.Option(0, "--seed", help="Seed for the scenes."),
-          overwrite: bool = typer.Option(False, "--overwrite", help="Write into a non-empty folder.")) -> None:
+          overwrite: bool = typer.Option(False, "--overwrite", help="Replace an earlier `pgm data synth` in "
+                                         "OUT_DIR (only the files pgm wrote; a folder with other files is "
+                                         "refused).")) -> None:
     """Write a small synthetic data set of coloured shapes in TASK's official on-disk format."""
-    from paligemma_cli.errors import PgmError
+    from paligemma_cli.outputs import check_output, claim_output
     from paligemma_cli.tasks import get_task
 
     t = get_task(task)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise PgmError(f"{out_dir} is a file.", "Give a folder path.")
-    if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
-        raise PgmError(f"{out_dir} is not empty.", "Choose an empty folder, or pass --overwrite.")
-    try:
-        files = t.write_synthetic(out_dir, num_examples, seed)
-    except OSError as exc:  # read-only folder, disk full
-        raise PgmError(f"Cannot write {out_dir}: {exc.strerror or exc}.", "Choose a folder you can write to.") from None
+    notes = check_output(out_dir, "synth", overwrite=overwrite, flag="")
+    with claim_output(out_dir, "synth", overwrite=overwrite, flag="") as output:
+        for note in notes + output.notes:
+            console.print(note, style="yellow", highlight=False, markup=False)
+        with output.staged() as tmp:  # the files appear together, when all are written
+            names = [p.name for p in t.write_synthetic(tmp, num_examples, seed)]
     console.print(f"Wrote synthetic {t.title} data to {out_dir} ({num_examples} images per split): "
-                  + ", ".join(p.name for p in files), highlight=False)
-    console.print(f"Train with: pgm train {t.name} --model-path tiny --data-root {out_dir}", highlight=False)
+                  + ", ".join(names), highlight=False, markup=False)
+    console.print(f"Train with: pgm train {t.name} --model-path tiny --data-root {out_dir}", highlight=False,
+                  markup=False)
 
 
 @app.command("layout")
@@ -46,4 +48,4 @@ def layout(task: str = typer.Argument(..., help="coco, docvqa, gqa or vqav2.")) 
 
     t = get_task(task)
     for role, split in (("train", t.train_split), ("eval", t.eval_split)):
-        console.print(f"[bold]{role}[/] (--{role}-split {split}): {t.layout(split)}", highlight=False)
+        console.print(f"[bold]{role}[/] (--{role}-split {escape(split)}): {escape(t.layout(split))}", highlight=False)

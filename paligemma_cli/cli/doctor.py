@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Optional
@@ -45,6 +46,8 @@ def doctor(
 ) -> None:
     from paligemma_cli.diagnose import doctor as engine
 
+    if not math.isfinite(timeout):  # inf passes Typer's min=0.5 (nan it rejects)
+        raise PgmError(f"--timeout must be a finite number of seconds (got {timeout}).", "E.g. --timeout 5.")
     model_path = flags.get("model_path") or DEFAULT_MODEL
     if error is not None:
         _diagnose(error, model_path, flags, as_json)

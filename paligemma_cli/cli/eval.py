@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import fields
 from pathlib import Path
-from typing import Optional
+from typing import Literal, Optional
 
 import typer
+from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from paligemma_cli.cli._options import command_with, field_parameter
 from paligemma_cli.cli._ui import console, quiet_libraries
 from paligemma_cli.config import DataConfig, ModelConfig
+
+BREAKDOWN_ROWS = 12  # a breakdown with more types (VQAv2 has 65 question types) is one table row
 
 HELP = """Evaluate on TASK's eval split with the official metric (VQA accuracy, ANLS, GQA, COCO captions).
 
@@ -55,7 +60,14 @@ def eval_command(
                                                   "normalise the prediction even when all annotators "
                                                   "agree (EvalAI server variant; default is the "
                                                   "official vqaEval.py)."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an earlier evaluation in --output-dir."),
+    anls_variant: Literal["rrc", "paper"] = typer.Option("rrc", "--anls-variant", help="DocVQA: rrc is what "
+                                                         "the RRC / docvqa.org evaluation server computes; paper "
+                                                         "is Biten et al.'s definition, reported as anls_paper."),
+    breakdown: bool = typer.Option(False, "--breakdown", help="Show every row of every per-type breakdown "
+                                   f"(by default one with over {BREAKDOWN_ROWS} types is one summary row; "
+                                   "metrics.json always has them all)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an earlier pgm evaluation in "
+                                   "--output-dir (and a --submission file pgm wrote)."),
     **values,
 ) -> None:
     from paligemma_cli.config import build_run
@@ -74,48 +86,70 @@ def eval_command(
 
         values["model_path"] = adapter_base_model(adapter)  # the base it was trained on
     run = build_run({**values, "task": t.name, "eval_split": split})
+    from paligemma_cli.outputs import check_file, check_output, claim_file, claim_output
+
+    notes = check_output(output_dir, "eval", overwrite=overwrite)  # before any data or model loads
+    inside = submission is not None and submission.absolute().parent == output_dir.absolute()
+    if submission is not None and not inside and output_dir.absolute() in submission.absolute().parents:
+        raise PgmError(f"--submission {submission} is in a folder inside --output-dir {output_dir}.",
+                       "Put it directly in --output-dir, or outside it.")
+    if submission is not None and not inside:
+        notes += check_file(submission, overwrite=overwrite, flag="--submission")
     if predictions is None:  # scoring a file loads no model: keep transformers' 1.5 s import out of it
         quiet_libraries()
     from paligemma_cli.cli.progress import RichEvents
-    from paligemma_cli.infer.evaluate import run_evaluation, write_eval_outputs
-    from paligemma_cli.outputs import prepare_output_dir, record_written
+    from paligemma_cli.infer.evaluate import run_evaluation, submission_bytes, write_eval_outputs
 
-    prepare_output_dir(output_dir, overwrite=overwrite, resume=False, kind="eval")
     events = RichEvents()
-    try:
-        result = run_evaluation(t, run.data, model_cfg=run.model, adapter=adapter, predictions_file=predictions,
-                                max_new_tokens=max_new_tokens, batch_size=batch_size,
-                                always_normalize=vqa_server_normalization, events=events)
-    finally:
-        events.close()
-    source = str(predictions) if predictions else (f"{run.model.model_path}" + (f" + {adapter}" if adapter else ""))
-    written = write_eval_outputs(output_dir, t, result, info={"split": run.data.eval_split or t.eval_split,
-                                                               "source": source}, submission=submission)
-    record_written(output_dir, [p.name for p in written if p.parent == output_dir], kind="eval")
-    show_metrics(t.title, result.metrics)
+    with claim_output(output_dir, "eval", overwrite=overwrite) as out, \
+            (claim_file(submission, "eval", overwrite=overwrite, flag="--submission")
+             if submission is not None and not inside else nullcontext()) as sub:
+        try:
+            for note in notes + out.notes + (sub.notes if sub else []):
+                events.message(note, "warning")
+            result = run_evaluation(t, run.data, model_cfg=run.model, adapter=adapter, predictions_file=predictions,
+                                    max_new_tokens=max_new_tokens, batch_size=batch_size,
+                                    always_normalize=vqa_server_normalization, anls_variant=anls_variant,
+                                    events=events)
+        finally:
+            events.close()
+        source = str(predictions) if predictions else (f"{run.model.model_path}" + (f" + {adapter}" if adapter else ""))
+        written = write_eval_outputs(out, t, result, info={"split": run.data.eval_split or t.eval_split,
+                                                           "source": source})
+        if submission is not None:
+            data = submission_bytes(t, result)
+            written.append(sub.write(data) if sub else out.write(submission.name, data))
+    show_metrics(t.title, result.metrics, breakdown=breakdown)
+    # Names, notes and paths carry user text (ids, answers, keys, paths): printed verbatim, never as markup.
     for name, why in result.unavailable.items():
-        console.print(f"[yellow]{name} unavailable:[/] {why}", highlight=False)
+        console.print(f"[yellow]{escape(name)} unavailable:[/] {escape(why)}", highlight=False)
     for note in result.notes:
-        console.print(f"[yellow]note:[/] {note}", highlight=False)
-    console.print(f"Wrote {', '.join(str(p) for p in written)}", highlight=False)
+        console.print(f"[yellow]note:[/] {escape(note)}", highlight=False)
+    console.print(Text(f"Wrote {', '.join(str(p) for p in written)}"), highlight=False, soft_wrap=True)
 
 
-def show_metrics(title: str, metrics: dict) -> None:
-    """One row per metric (nested per-type dicts as `metric/type`); None shows as unavailable."""
-    table = Table(title=title, title_justify="left")
+def show_metrics(title: str, metrics: dict, *, breakdown: bool = False) -> None:
+    """One row per metric, nested per-type dicts as `metric/type` rows; None shows as unavailable.
+
+    A breakdown of more than BREAKDOWN_ROWS types is one summary row unless `breakdown`. Metric
+    and type names come from the data (question types, answer types) and are shown verbatim.
+    """
+    table = Table(title=Text(title), title_justify="left")
     table.add_column("metric")
     table.add_column("value", justify="right")
 
     def add(name: str, value) -> None:
         if value is None:
-            table.add_row(name, "[yellow]unavailable[/]")
-        elif isinstance(value, bool) or isinstance(value, int):
-            table.add_row(name, str(value))
+            table.add_row(Text(name), Text("unavailable", style="yellow"))
+        elif isinstance(value, (bool, int)):
+            table.add_row(Text(name), Text(str(value)))
         elif isinstance(value, float):
-            table.add_row(name, f"{value:.4f}")
+            table.add_row(Text(name), Text(f"{value:.4f}"))
 
     for key, value in metrics.items():
-        if isinstance(value, dict):
+        if isinstance(value, dict) and len(value) > BREAKDOWN_ROWS and not breakdown:
+            table.add_row(Text(key), Text(f"{len(value)} types (--breakdown)", style="dim"))
+        elif isinstance(value, dict):
             for sub, v in value.items():
                 add(f"{key}/{sub}", v)
         else:

@@ -7,6 +7,7 @@ import json
 from typing import Optional
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from paligemma_cli.cli._options import command_with, parameters_for
@@ -101,7 +102,7 @@ def _gib(n: float) -> str:
 
 def _print_estimate(model_path: str, est) -> None:
     s = est.setup
-    table = Table(title=f"{model_path}: {est.params / 1e9:.2f}B params, {s.quantization}, "
+    table = Table(title=f"{escape(str(model_path))}: {est.params / 1e9:.2f}B params, {s.quantization}, "
                         f"LoRA r{s.lora_rank} on {'+'.join(s.lora_targets)}, {s.optimizer}",
                   title_justify="left", header_style="bold")
     table.add_column("Part")
@@ -117,10 +118,10 @@ def _print_estimate(model_path: str, est) -> None:
 
 def _print_plan(plan, capacity: int) -> None:
     if plan.fits:
-        console.print(f"[green]Fits in {_gib(capacity)}:[/] {plan.flags()} "
+        console.print(f"[green]Fits in {_gib(capacity)}:[/] {escape(plan.flags())} "
                       f"(estimated peak {_gib(plan.estimate.total)}).", highlight=False)
     else:
-        console.print(f"[red]Does not fit in {_gib(capacity)}.[/] {plan.reason}", highlight=False)
+        console.print(f"[red]Does not fit in {_gib(capacity)}.[/] {escape(plan.reason)}", highlight=False)
 
 
 def _measure(run, setup, steps: int, as_json: bool):

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import List, Optional
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from paligemma_cli.cli._ui import console, err_console, is_interactive, quiet_libraries
@@ -81,7 +82,8 @@ def merge(
         None, "--layers", help="layerswap: decoder layer ranges and the model (1.., or 'base') each comes from, e.g. 0-8=1,9-17=2."),
     output_format: str = typer.Option("full", "--output-format", help="full (a model folder) or adapter (every input an adapter)."),
     rank: Optional[int] = typer.Option(None, "--rank", help="Rank of the adapter output (default: the sum of the input ranks)."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace --output if it exists."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an earlier pgm merge in --output "
+                                   "(only the files pgm wrote there; a folder with other files is refused)."),
     skip_base_check: bool = typer.Option(
         False, "--skip-base-check", help="Accept adapters whose recorded base differs from --base-model (e.g. a local copy)."),
 ) -> None:
@@ -175,7 +177,7 @@ def _report(result) -> None:
         table.add_column(column, justify="left" if column == "part" else "right")
     for part, s in result.parts.items():
         merged = part != "unchanged"
-        table.add_row(part, f"{s.tensors:,}", f"{s.entries:,}",
+        table.add_row(escape(part), f"{s.tensors:,}", f"{s.entries:,}",
                       _count(s.trimmed, s.entries) if info.sparsify and merged else "-",
                       _count(s.conflicts, s.entries // max(len(p.weights), 1)) if info.consensus and merged else "-",
                       f"{s.seconds:.1f} s")
@@ -187,9 +189,12 @@ def _report(result) -> None:
         low.add_column("module")
         low.add_column("error", justify="right")
         for module, err in errors[:20]:
-            low.add_row(module, f"{err:.2e}")
+            low.add_row(escape(module), f"{err:.2e}")
         if len(errors) > 20:
             low.add_row(f"... {len(errors) - 20} more in pgm_merge.json", "")
         console.print(low)
+    for note in result.notes:
+        err_console.print(note, style="yellow", highlight=False, markup=False)
     console.print(f"Wrote {result.output} ({', '.join(result.files[:3])}"
-                  f"{', ...' if len(result.files) > 3 else ''}) in {result.seconds:.1f} s.", highlight=False)
+                  f"{', ...' if len(result.files) > 3 else ''}) in {result.seconds:.1f} s.", highlight=False,
+                  markup=False)

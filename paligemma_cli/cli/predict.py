@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from contextlib import nullcontext
 from dataclasses import fields
 from pathlib import Path
 from typing import Optional
@@ -12,7 +13,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from paligemma_cli.cli._options import command_with, field_parameter
-from paligemma_cli.cli._ui import console, quiet_libraries
+from paligemma_cli.cli._ui import console, err_console, quiet_libraries
 from paligemma_cli.config import ModelConfig
 
 TABLE_ROWS = 20  # with --output, more results than this are only written, not shown
@@ -51,7 +52,8 @@ def predict_command(
     input_file: Optional[Path] = typer.Option(None, "--input", "-i", help="JSON lines of {\"image\": path, "
                                               "\"prefix\": prompt}; other keys are copied to the output."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write the answers as JSON lines here."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace --output if it exists."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace --output if pgm wrote it (a file of "
+                                   "yours is never replaced)."),
     batch_size: int = typer.Option(16, "--batch-size", min=1, help="Images per generation batch."),
     max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", min=1,
                                                  help="Tokens to generate; default per --task, else 64."),
@@ -72,8 +74,11 @@ def predict_command(
     t = get_task(task) if task else None
     default_prompt = prompt or (t.prefix("what is this?") if t else engine.DEFAULT_PROMPT)
     max_new_tokens = max_new_tokens or (t.max_new_tokens if t else engine.DEFAULT_MAX_NEW_TOKENS)
-    if output is not None:
-        engine.check_output(output, overwrite)
+    if output is not None:  # before any image or model loads
+        from paligemma_cli.outputs import check_file
+
+        for note in check_file(output, overwrite=overwrite, flag="--output"):
+            err_console.print(note, style="yellow", markup=False, highlight=False)
     examples = (engine.read_input_file(input_file, default_prompt) if input_file is not None
                 else engine.examples_from_images(images, default_prompt))
     if adapter is not None and values.get("model_path") is None:
@@ -84,16 +89,21 @@ def predict_command(
     quiet_libraries()
     from paligemma_cli.cli.progress import RichEvents
 
+    from paligemma_cli.outputs import claim_file
+
     events = RichEvents() if len(examples) > batch_size and not as_json else None  # a bar for many
-    try:
-        predictions = engine.predict(model_cfg, examples, adapter=adapter, max_new_tokens=max_new_tokens,
-                                     batch_size=batch_size, keep_special=not strip_special_tokens,
-                                     events=events)
-    finally:
-        if events:
-            events.close()
-    if output is not None:
-        engine.write_predictions(output, predictions)
+    with (claim_file(output, "predict", overwrite=overwrite, flag="--output") if output else nullcontext()) as target:
+        for note in target.notes if target else []:
+            err_console.print(note, style="yellow", markup=False, highlight=False)
+        try:
+            predictions = engine.predict(model_cfg, examples, adapter=adapter, max_new_tokens=max_new_tokens,
+                                         batch_size=batch_size, keep_special=not strip_special_tokens,
+                                         events=events)
+        finally:
+            if events:
+                events.close()
+        if target:
+            engine.write_predictions(target, predictions)
     if as_json:
         for p in predictions:
             typer.echo(json.dumps(p.record()))
@@ -101,7 +111,8 @@ def predict_command(
         _table(predictions)
     if output is not None and not as_json:
         n = len(predictions)
-        console.print(f"Wrote {n} answer{'' if n == 1 else 's'} to {output}", highlight=False, soft_wrap=True)
+        console.print(f"Wrote {n} answer{'' if n == 1 else 's'} to {output}", highlight=False, soft_wrap=True,
+                      markup=False)
 
 
 def _box(b) -> str:

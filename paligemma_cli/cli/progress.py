@@ -5,8 +5,10 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from rich.markup import escape
 from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
                            TimeRemainingColumn)
+from rich.text import Text
 
 from paligemma_cli.cli._ui import console
 from paligemma_cli.events import Events
@@ -34,8 +36,7 @@ class RichEvents(Events):
         self.phase: tuple[str, float, Any] | None = None  # description, start time, progress task
 
     def message(self, text: str, level: str = "info") -> None:
-        style = "yellow" if level == "warning" else "dim"
-        console.print(f"[{style}]{text}[/]", highlight=False)
+        console.print(Text(text, style="yellow" if level == "warning" else "dim"), highlight=False)
 
     def phase_start(self, description: str, total: int | None = None) -> None:
         # A live bar on a terminal (a pulsing one when the total is unknown), a line in a log, so a
@@ -43,9 +44,9 @@ class RichEvents(Events):
         task = None
         if self.live:
             self.progress.start()
-            task = self.progress.add_task(description, total=total, stats="")
+            task = self.progress.add_task(escape(description), total=total, stats="")
         else:
-            console.print(f"[dim]{description} ...[/]", highlight=False)
+            console.print(Text(f"{description} ...", style="dim"), highlight=False)
         self.phase = (description, time.perf_counter(), task)
 
     def phase_advance(self, count: int) -> None:
@@ -58,13 +59,14 @@ class RichEvents(Events):
         description, start, task = self.phase
         if task is not None:
             self.progress.remove_task(task)
-        console.print(f"[dim]{description}: {summary} ({time.perf_counter() - start:.1f} s)[/]", highlight=False)
+        console.print(Text(f"{description}: {summary} ({time.perf_counter() - start:.1f} s)", style="dim"),
+                      highlight=False)
         self.phase = None
 
     def train_start(self, total_steps: int, start_step: int, info: dict[str, Any]) -> None:
         console.print(f"Training {info['task']} on {info['device']}: {total_steps} steps, effective batch "
                       f"{info['effective_batch']}, {info['trainable_params']:,} trainable of "
-                      f"{info['total_params']:,} parameters.", highlight=False)
+                      f"{info['total_params']:,} parameters.", highlight=False, markup=False)
         self.progress.start()
         self.train_task = self.progress.add_task("train", total=total_steps, completed=start_step, stats="")
 
@@ -79,12 +81,12 @@ class RichEvents(Events):
 
     def checkpoint_saved(self, path: str, step: int) -> None:
         if not self.live:
-            console.print(f"[dim]checkpoint {path}[/]", highlight=False)
+            console.print(Text(f"checkpoint {path}", style="dim"), highlight=False)
 
     def eval_start(self, total: int, description: str) -> None:
         if not self.progress.live.is_started:
             self.progress.start()
-        self.eval_task = self.progress.add_task(description, total=total, stats="")
+        self.eval_task = self.progress.add_task(escape(description), total=total, stats="")
 
     def eval_advance(self, count: int) -> None:
         self.progress.advance(self.eval_task, count)
@@ -92,7 +94,7 @@ class RichEvents(Events):
     def eval_end(self, metrics: dict[str, Any]) -> None:
         self.progress.remove_task(self.eval_task)
         shown = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
-        console.print(f"[cyan]eval[/] {_fmt(shown)}", highlight=False)
+        console.print(Text.assemble(("eval", "cyan"), " ", _fmt(shown)), highlight=False)
 
     def close(self) -> None:
         self.progress.stop()

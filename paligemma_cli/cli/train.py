@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from paligemma_cli.cli._options import command_with, parameters_for
@@ -59,7 +60,7 @@ def train(config: Optional[Path] = typer.Option(
                                         for k, v in result.best.items()))
     if result.truncated_examples:
         table.add_row("truncated", f"{result.truncated_examples} examples hit --max-length")
-    table.add_row("output", str(result.output_dir))
+    table.add_row("output", escape(str(result.output_dir)))
     console.print(table)
     if result.interrupted:
         console.print(f"[yellow]Stopped at step {result.global_step}; checkpoint saved.[/] Resume with the "

@@ -12,12 +12,13 @@ import math
 from dataclasses import dataclass, field
 from operator import attrgetter
 from pathlib import Path
-from typing import Any, Hashable, Sequence, Union
+from typing import Any, Hashable, Sequence
 
 import msgspec
 
 from paligemma_cli.events import Events
 from paligemma_cli.errors import PgmError
+from paligemma_cli.outputs import Output
 from paligemma_cli.tasks import Example, Task
 from paligemma_cli.tasks.records import paused_gc
 
@@ -29,6 +30,9 @@ class EvalResult:
     notes: list[str] = field(default_factory=list)
     unavailable: dict[str, str] = field(default_factory=dict)  # metric -> why / how to get it
     examples: int = 0  # examples in the evaluated split (rows holds those with a prediction)
+    # Distinct ids read (a results file may hold more than it scores: GQA's unbalanced questions,
+    # which only consistency uses, or ids of other examples).
+    predictions_read: int = 0
 
 
 def score(task: Task, predictions: dict[Hashable, str], examples: Sequence[Example],
@@ -39,7 +43,7 @@ def score(task: Task, predictions: dict[Hashable, str], examples: Sequence[Examp
                 for ex in examples if ex.id in predictions]
         return EvalResult({}, rows, [f"The {task.name} split has no reference answers; predictions "
                                      "were not scored (use --submission for the eval server)."],
-                          examples=len(examples))
+                          examples=len(examples), predictions_read=len(predictions))
     notes = []
     missing = [ex.id for ex in examples if ex.id not in predictions]
     if missing:
@@ -53,7 +57,8 @@ def score(task: Task, predictions: dict[Hashable, str], examples: Sequence[Examp
             continue
         rows.append({**task.result_record(ex, pred), "prompt": ex.prefix, "references": ex.answers,
                      "score": result.per_example.get(ex.id)})
-    return EvalResult(result.metrics, rows, notes + result.notes, dict(result.unavailable), len(examples))
+    return EvalResult(result.metrics, rows, notes + result.notes, dict(result.unavailable), len(examples),
+                      len(predictions))
 
 
 def evaluate_model(task: Task, model, processor, examples: Sequence[Example], *, max_new_tokens: int,
@@ -107,7 +112,7 @@ def _read_predictions_fast(task: Task, text: str) -> tuple[dict[Hashable, str], 
     Anything else (bad JSON, another format, a non-text answer) returns nothing, and the general
     reader finds and names the problem.
     """
-    result = msgspec.defstruct("Result", [("id", Any), ("answer", Union[str, int, float])],
+    result = msgspec.defstruct("Result", [("id", Any), ("answer", str)],
                                rename={"id": task.id_key, "answer": task.answer_key})
     try:
         if text.lstrip().startswith("["):
@@ -116,12 +121,16 @@ def _read_predictions_fast(task: Task, text: str) -> tuple[dict[Hashable, str], 
             records = msgspec.json.Decoder(result).decode_lines(text)
     except msgspec.DecodeError:
         return {}, 0
-    ids = map(attrgetter("id"), records)
-    try:  # map() keeps the 2 M ids of GQA's all-questions results in C
-        keys = list(map(task.id_type, ids))
-    except (TypeError, ValueError):  # ids that stay as they are (see Task.normalise_id)
-        keys = [task.normalise_id(r.id) for r in records]
-    return dict(zip(keys, map(str, map(attrgetter("answer"), records)))), len(records)
+    ids = list(map(attrgetter("id"), records))
+    keys = None
+    if not {float, bool} & set(map(type, ids)):  # int(10010.5) would be 10010: a wrong id
+        try:  # map() keeps the 2 M ids of GQA's all-questions results in C
+            keys = list(map(task.id_type, ids))
+        except (TypeError, ValueError):
+            pass
+    if keys is None:  # ids that stay as they are (see Task.normalise_id)
+        keys = [task.normalise_id(i) for i in ids]
+    return dict(zip(keys, map(attrgetter("answer"), records))), len(records)
 
 
 def _result_records(text: str, source: str) -> list[tuple[str, Any]]:
@@ -184,35 +193,28 @@ def _json_safe(value: Any) -> Any:
     return value
 
 
-def write_eval_outputs(out_dir: Path, task: Task, result: EvalResult, *, info: dict[str, Any],
-                       submission: Path | None = None) -> list[Path]:
-    """predictions.jsonl (official keys + references + score), metrics.json, optional submission."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    pred_path = out_dir / "predictions.jsonl"
+def write_eval_outputs(output: Output, task: Task, result: EvalResult, *, info: dict[str, Any]) -> list[Path]:
+    """predictions.jsonl (official keys + references + score) and metrics.json, staged in `output`."""
     # One C call for all rows (214k for VQAv2 val); msgspec writes NaN/inf as null, as _json_safe does.
-    pred_path.write_bytes(msgspec.json.Encoder().encode_lines(result.rows))
-    metrics_path = out_dir / "metrics.json"
-    metrics_path.write_text(json.dumps(_json_safe({
-        "task": task.name, **info, "examples": result.examples, "predictions": len(result.rows),
+    predictions = output.write("predictions.jsonl", msgspec.json.Encoder().encode_lines(result.rows))
+    metrics = output.write("metrics.json", json.dumps(_json_safe({
+        "task": task.name, **info, "examples": result.examples,
+        # Scored: predictions of the evaluated examples (GQA: the balanced questions). Read: every
+        # distinct id given, including those only consistency uses or that match no example.
+        "predictions_scored": len(result.rows) if result.metrics else 0, "predictions_read": result.predictions_read,
         "metrics": result.metrics, "unavailable": result.unavailable, "notes": result.notes}), indent=2))
-    written = [pred_path, metrics_path]
-    if submission is not None:
-        # Exactly the eval server's format: a JSON list of objects with the two official keys.
-        records = [{task.id_key: r[task.id_key], task.answer_key: r[task.answer_key]} for r in result.rows]
-        submission = Path(submission)
-        try:
-            submission.parent.mkdir(parents=True, exist_ok=True)
-            submission.write_bytes(msgspec.json.encode(records))
-        except OSError as exc:
-            raise PgmError(f"Cannot write --submission {submission}: {exc.strerror}.",
-                           "Choose a writable path.") from None
-        written.append(submission)
-    return written
+    return [predictions, metrics]
+
+
+def submission_bytes(task: Task, result: EvalResult) -> bytes:
+    """Exactly the eval server's format: a JSON list of objects with the two official keys."""
+    return msgspec.json.encode([{task.id_key: r[task.id_key], task.answer_key: r[task.answer_key]}
+                                for r in result.rows])
 
 
 def run_evaluation(task: Task, data, *, model_cfg=None, adapter: Path | None = None,
                    predictions_file: Path | None = None, max_new_tokens: int | None = None,
-                   batch_size: int = 16, always_normalize: bool = False,
+                   batch_size: int = 16, always_normalize: bool = False, anls_variant: str = "rrc",
                    events: Events | None = None) -> EvalResult:
     """`pgm eval`: score a results file, or generate with the model (+ adapter) and score."""
     from paligemma_cli.tasks.sources import check_image_files, load_examples, split_for
@@ -223,7 +225,7 @@ def run_evaluation(task: Task, data, *, model_cfg=None, adapter: Path | None = N
         check_image_files(examples, events)
     with paused_gc():
         extra = task.load_score_extra(Path(data.data_root), split) if data.data_root is not None else {}
-    extra["always_normalize"] = always_normalize
+    extra["always_normalize"], extra["anls_variant"] = always_normalize, anls_variant
     if predictions_file is not None:
         with paused_gc():  # a results file is millions of small objects and scoring makes no cycles
             predictions, notes = read_predictions(task, predictions_file)

@@ -15,6 +15,7 @@ from typing import Any, Sequence
 
 from paligemma_cli.events import Events
 from paligemma_cli.errors import PgmError
+from paligemma_cli.outputs import FileOutput
 from paligemma_cli.tasks import Example
 
 DEFAULT_PROMPT = "caption en"
@@ -151,25 +152,7 @@ def predict(model_cfg, examples: Sequence[Example], *, adapter: Path | None = No
     return out
 
 
-def check_output(path: Path, overwrite: bool) -> None:
-    """Refuse to replace a file (before any work) unless --overwrite; never a folder."""
-    path = Path(path)
-    if path.is_dir():
-        raise PgmError(f"--output {path} is a folder.", "Give a file name, e.g. answers.jsonl.")
-    if path.exists() and not overwrite:
-        raise PgmError(f"--output {path} already exists.", "Choose another file, or pass --overwrite.")
-
-
-def write_predictions(path: Path, predictions: Sequence[Prediction]) -> None:
-    """JSON lines, written aside and renamed, so a failed write leaves the old file as it was."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.pgm-tmp")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(tmp, "w", encoding="utf-8") as fh:
-            for p in predictions:
-                fh.write(json.dumps(p.record()) + "\n")
-        tmp.replace(path)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise PgmError(f"Cannot write --output {path}: {exc.strerror}.", "Choose a writable path.") from None
+def write_predictions(target: FileOutput, predictions: Sequence[Prediction]) -> Path:
+    """The --output JSON lines, into a claimed file (`outputs.claim_file`): it replaces the path only
+    when the claim ends, so a failed write leaves an earlier file as it was."""
+    return target.write("".join(json.dumps(p.record()) + "\n" for p in predictions))

@@ -3,24 +3,26 @@
 Memory stays bounded by one chunk's working set (CHUNK_ENTRIES entries in fp32, a few copies)
 plus, for tensors whose whole-tensor statistics are needed (TIES' top-k, slerp's angle), their raw
 input rows kept between the statistics pass and the merge pass when they fit CACHE_BYTES; larger
-tensors (a 3B model's embedding) are read again instead. The output is written into a temporary
-folder next to --output and renamed into place at the end, so a failure leaves nothing behind.
+tensors (a 3B model's embedding) are read again instead. --output is claimed through
+`paligemma_cli.outputs` (locked, staged, own files only): the merge is written into its staging
+folder and moved into place at the end, so a failure leaves nothing behind and --overwrite replaces
+only what an earlier pgm merge wrote there.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 
+from paligemma_cli import outputs
 from paligemma_cli.errors import PgmError
 from paligemma_cli.merge import checks
 from paligemma_cli.merge.fused import fusable
@@ -72,6 +74,7 @@ class MergeResult:
     seconds: float
     kinds: list[str] = field(default_factory=list)  # "model" / "adapter" per input
     lowrank_errors: dict[str, float] = field(default_factory=dict)  # adapter output only
+    notes: list[str] = field(default_factory=list)  # clean-ups of interrupted runs in --output
 
 
 def part_of(key: str) -> str:
@@ -90,12 +93,16 @@ def resolve_params(req: MergeRequest) -> tuple[Method, MergeParams]:
     if method.two_models and n != 2:
         problems.append(f"--mode {method.name} merges exactly two models (got {n})")
     weights = tuple(req.weights) if req.weights else (1.0,) * n
+    for name, values in (("--weight", weights), ("--density", [req.density]), ("--lambda", [req.lam])):
+        bad = [v for v in values if v is not None and not math.isfinite(v)]
+        if bad:  # nan passes every range check below, and inf/nan would be written into the model
+            problems.append(f"{name} must be a finite number (got {bad[0]})")
     if req.weights and len(weights) != n:
         problems.append(f"--weight was given {len(weights)} times for {n} models: give one per model, "
                         "in --model order")
     if req.density is not None and method.sparsify is None:
         problems.append(f"--density has no effect with --mode {method.name}")
-    elif req.density is not None and not 0.0 < req.density <= 1.0:
+    elif req.density is not None and math.isfinite(req.density) and not 0.0 < req.density <= 1.0:
         problems.append(f"--density must be in (0, 1] (got {req.density:g})")
     if req.lam is not None and not method.takes_lambda:
         problems.append(f"--lambda has no effect with --mode {method.name}")
@@ -129,9 +136,6 @@ def check_output(req: MergeRequest, base_folder: Path, inputs: list) -> None:
         if output.resolve() == folder.resolve() or output.resolve() in folder.resolve().parents:
             raise PgmError(f"--output {req.output} would replace an input ({folder}).",
                            "Write the merge to a new folder.")
-    if output.exists() and not req.overwrite:
-        raise PgmError(f"--output {req.output} already exists.",
-                       "Pass --overwrite to replace it, or choose another folder.")
 
 
 def _chunk_rows(info: TensorInfo) -> list[tuple[int, int] | None]:
@@ -310,6 +314,7 @@ def _add_to_base(base_raw: torch.Tensor, merged: torch.Tensor) -> torch.Tensor:
 def merge(req: MergeRequest, progress: Progress | None = None) -> MergeResult:
     """Run a merge end to end (see the module docstring); raises PgmError on bad input."""
     method, params = resolve_params(req)
+    notes = outputs.check_output(Path(req.output).expanduser(), "merge", overwrite=req.overwrite, flag="--output")
     base_folder = local_folder(req.base_model, "--base-model")
     if not (base_folder / "config.json").exists():
         hint = "It is a LoRA adapter: pass it with --model and its base with --base-model." \
@@ -329,8 +334,11 @@ def merge(req: MergeRequest, progress: Progress | None = None) -> MergeResult:
     if req.output_format == "adapter":
         from paligemma_cli.merge.lowrank import merge_to_adapter
 
-        return merge_to_adapter(req, method, params, inputs, base, progress)
-    return _merge_full(req, method, params, base_folder, base, inputs, progress)
+        result = merge_to_adapter(req, method, params, inputs, base, progress)
+    else:
+        result = _merge_full(req, method, params, base_folder, base, inputs, progress)
+    result.notes = notes + result.notes
+    return result
 
 
 def _check_layers(params: MergeParams, base: dict[str, TensorInfo]) -> None:
@@ -359,7 +367,7 @@ def _merge_full(req: MergeRequest, method: Method, params: MergeParams, base_fol
         raise PgmError(f"--output {req.output}: the merged model needs {total / 1e9:.1f} GB, "
                        f"{free / 1e9:.1f} GB are free there.", "Free some space or write elsewhere.")
     started = time.perf_counter()
-    with staged(output) as tmp:
+    with staged(req, needed=total) as (tmp, notes):
         writer = ShardedWriter(tmp, [(k, i.shape, i.dtype) for k, i in base.items()])
         try:
             parts = _merge_tensors(method, params, base, inputs, writer, progress)
@@ -368,30 +376,21 @@ def _merge_full(req: MergeRequest, method: Method, params: MergeParams, base_fol
             writer.abort()
         _copy_side_files(base_folder, tmp)
         result = MergeResult(output, method.name, params, parts, files, time.perf_counter() - started,
-                             [src.kind for src in inputs])
+                             [src.kind for src in inputs], notes=notes)
         write_recipe(tmp, req, result)
     return result
 
 
 @contextmanager
-def staged(output: Path):
-    """A temporary folder next to `output`: renamed into place when the block succeeds, removed
-    when it fails, so a failed merge leaves nothing behind (--overwrite swaps folders at the end)."""
-    output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = output.parent / f".{output.name}.pgm-tmp-{os.getpid()}"
-    tmp.mkdir()
-    try:
-        yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    old = None
-    if output.exists():
-        old = output.parent / f".{output.name}.pgm-old-{os.getpid()}"
-        output.rename(old)
-    tmp.rename(output)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+def staged(req: MergeRequest, needed: int | None = None) -> Iterator[tuple[Path, list[str]]]:
+    """Claim --output (`outputs.claim_output`: locked, own files only) and yield a staging folder
+    whose files become --output's when the block succeeds (a failure leaves the earlier output as
+    it was), with the notes of what an interrupted merge left there and was removed."""
+    with outputs.claim_output(Path(req.output).expanduser(), "merge", overwrite=req.overwrite,
+                              flag="--output") as out:
+        out.needed = needed
+        with out.staged() as tmp:
+            yield tmp, out.notes
 
 
 def _merge_tensors(method, params, base, inputs, writer, progress) -> dict[str, MergeStats]:
@@ -434,8 +433,8 @@ def _merge_tensors(method, params, base, inputs, writer, progress) -> dict[str, 
 def _copy_side_files(base_folder: Path, dest: Path) -> None:
     """Config, processor, tokenizer and generation files from the base (not its weights)."""
     for path in sorted(base_folder.iterdir()):
-        if path.is_file() and not path.name.endswith(WEIGHT_SUFFIXES) \
-                and path.name != "model.safetensors.index.json" and not path.name.startswith("adapter_"):
+        if path.is_file() and not path.name.endswith(WEIGHT_SUFFIXES) and not path.name.startswith(
+                ("adapter_", outputs.BOOKKEEPING)) and path.name != "model.safetensors.index.json":
             shutil.copy2(path, dest / path.name)
 
 

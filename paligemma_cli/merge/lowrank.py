@@ -61,7 +61,7 @@ def merge_to_adapter(req: "driver.MergeRequest", method: Method, params: MergePa
     order = {k: i for i, k in enumerate(base)}
     modules = sorted({m for src in inputs for m in src.modules}, key=lambda m: order[by_module[m + ".weight"]])
     started = time.perf_counter()
-    with driver.staged(Path(req.output).expanduser()) as tmp:
+    with driver.staged(req) as (tmp, notes):
         tensors, errors, rank, stats = _factorize_all(modules, by_module, base, inputs, method, params,
                                                       req.rank, progress)
         from safetensors.torch import save_file
@@ -73,7 +73,7 @@ def merge_to_adapter(req: "driver.MergeRequest", method: Method, params: MergePa
         (tmp / "adapter_config.json").write_text(json.dumps(config, indent=2) + "\n")
         result = driver.MergeResult(Path(req.output).expanduser(), method.name, params, stats,
                                     ["adapter_model.safetensors", "adapter_config.json"],
-                                    time.perf_counter() - started, [src.kind for src in inputs], errors)
+                                    time.perf_counter() - started, [src.kind for src in inputs], errors, notes)
         driver.write_recipe(tmp, req, result)
     return result
 

@@ -68,6 +68,58 @@ def _tokenize(gts: dict, res: dict) -> tuple[dict, dict]:
     return {k: tokens[("gt", k)] for k in gts}, {k: tokens[("res", k)] for k in res}
 
 
+def _check_references(ids: list, references: Mapping[Hashable, Sequence[str]]) -> None:
+    if not ids:
+        raise PgmError("No reference captions to score against.", "Check the captioning data set split.")
+    empty = [i for i in ids if not references[i]]
+    if empty:
+        raise PgmError(
+            f"{len(empty)} image(s) have no reference captions (e.g. {empty[0]!r}).",
+            "Every scored image needs at least one reference caption.",
+        )
+
+
+def _meteor(gts: dict, res: dict):
+    """METEOR's (score, per-image scores), stopping its JVM (~6 s to start: one call for the whole set)."""
+    from pycocoevalcap.meteor.meteor import Meteor
+
+    meteor = Meteor()
+    try:
+        return meteor.compute_score(gts, res)
+    except ValueError as exc:  # the JVM died and returned no score line
+        raise PgmError(
+            f"METEOR (Java) stopped before returning scores: {exc}.",
+            "METEOR asks for a 2 GB Java heap; check free memory and that `java -version` works.",
+        ) from exc
+    finally:
+        # Stop the JVM now. Meteor.__del__ would do it too, but it first takes a lock that
+        # compute_score leaves held when it fails, and would then hang.
+        meteor.meteor_p.kill()
+        meteor.meteor_p.wait()
+        if meteor.lock.locked():
+            meteor.lock.release()
+
+
+def _spice(ids: list, gts: dict, res: dict, metrics: dict, per_image: dict, unavailable: dict) -> None:
+    """SPICE into `metrics`/`per_image` when its CoreNLP jars are installed, else why into `unavailable`."""
+    lib_dir = _spice_lib_dir()
+    if _spice_missing_jars(lib_dir):
+        unavailable["SPICE"] = _spice_install_hint(lib_dir)
+        return
+    try:
+        from pycocoevalcap.spice.spice import Spice
+
+        score, scores = Spice().compute_score(gts, res)
+    except (OSError, subprocess.CalledProcessError) as exc:
+        unavailable["SPICE"] = f"SPICE failed to run ({exc}); {_spice_install_hint(lib_dir)}"
+        return
+    metrics["SPICE"] = float(score)
+    # Spice returns its per-image scores in *sorted* id order (COCOEvalCap pairs them
+    # with unsorted ids, a known mislabelling there); map them back by sorted id.
+    for i, s in zip(sorted(ids), scores):
+        per_image[i]["SPICE"] = float(s["All"]["f"])
+
+
 def caption_metrics(
     predictions: Mapping[Hashable, str],
     references: Mapping[Hashable, Sequence[str]],
@@ -84,14 +136,7 @@ def caption_metrics(
     BLEU is corpus-level (not the mean of per-image BLEU). Raises `PgmError` when Java is missing.
     """
     ids = list(references)
-    if not ids:
-        raise PgmError("No reference captions to score against.", "Check the captioning data set split.")
-    empty = [i for i in ids if not references[i]]
-    if empty:
-        raise PgmError(
-            f"{len(empty)} image(s) have no reference captions (e.g. {empty[0]!r}).",
-            "Every scored image needs at least one reference caption.",
-        )
+    _check_references(ids, references)
     _require_java()
     gts = {i: [{"caption": c} for c in references[i]] for i in ids}
     res = {i: [{"caption": predictions.get(i, "")}] for i in ids}
@@ -99,7 +144,6 @@ def caption_metrics(
 
     from pycocoevalcap.bleu.bleu import Bleu
     from pycocoevalcap.cider.cider import Cider
-    from pycocoevalcap.meteor.meteor import Meteor
     from pycocoevalcap.rouge.rouge import Rouge
 
     metrics: dict[str, float] = {}
@@ -115,39 +159,9 @@ def caption_metrics(
         metrics[f"Bleu_{n + 1}"] = float(bleu[n])
     for i, s in zip(ids, bleu_per_image[3]):
         per_image[i]["Bleu_4"] = float(s)
-    meteor = Meteor()  # starts a JVM (~6 s): one call for the whole set
-    try:
-        record("METEOR", *meteor.compute_score(gts, res))
-    except ValueError as exc:  # the JVM died and returned no score line
-        raise PgmError(
-            f"METEOR (Java) stopped before returning scores: {exc}.",
-            "METEOR asks for a 2 GB Java heap; check free memory and that `java -version` works.",
-        ) from exc
-    finally:
-        # Stop the JVM now. Meteor.__del__ would do it too, but it first takes a lock that
-        # compute_score leaves held when it fails, and would then hang.
-        meteor.meteor_p.kill()
-        meteor.meteor_p.wait()
-        if meteor.lock.locked():
-            meteor.lock.release()
+    record("METEOR", *_meteor(gts, res))
     record("ROUGE_L", *Rouge().compute_score(gts, res))
     record("CIDEr", *Cider().compute_score(gts, res))
-
-    unavailable = {}
-    lib_dir = _spice_lib_dir()
-    if _spice_missing_jars(lib_dir):
-        unavailable["SPICE"] = _spice_install_hint(lib_dir)
-    else:
-        try:
-            from pycocoevalcap.spice.spice import Spice
-
-            score, scores = Spice().compute_score(gts, res)
-        except (OSError, subprocess.CalledProcessError) as exc:
-            unavailable["SPICE"] = f"SPICE failed to run ({exc}); {_spice_install_hint(lib_dir)}"
-        else:
-            metrics["SPICE"] = float(score)
-            # Spice returns its per-image scores in *sorted* id order (COCOEvalCap pairs them
-            # with unsorted ids, a known mislabelling there); map them back by sorted id.
-            for i, s in zip(sorted(ids), scores):
-                per_image[i]["SPICE"] = float(s["All"]["f"])
+    unavailable: dict = {}
+    _spice(ids, gts, res, metrics, per_image, unavailable)
     return {"metrics": metrics, "per_image": per_image, "unavailable": unavailable}

@@ -44,6 +44,85 @@ def _chi_square(gold: Mapping, predicted: Mapping) -> float:
     return sum_score / sum_overall
 
 
+def steps_number(question: Mapping) -> int:
+    """eval.py's number of reasoning steps of a question (getStepsNum over its `semantic` program).
+
+    A step counts unless its "operation: argument" text contains "exist", "query: name" or
+    "choose name" (a substring test, as there: "select: coexistence" does not count either).
+    """
+    steps = 0
+    for step in question["semantic"]:
+        text = f"{step['operation']}: {step['argument']}"
+        if "exist" not in text and "query: name" not in text and "choose name" not in text:
+            steps += 1
+    return steps
+
+
+def words_number(question: Mapping) -> int:
+    """eval.py's question length: ``len(question["question"].split())``, no capping."""
+    return len(question["question"].split())
+
+
+class _Tally:
+    """eval.py's `scores` and `dist` structures, filled one balanced question at a time."""
+
+    def __init__(self) -> None:
+        self.accuracy: list = []
+        self.binary: list = []
+        self.open: list = []
+        self.consistency: list = []
+        self.validity: list = []
+        self.plausibility: list = []
+        self.per: dict[str, dict] = {name: defaultdict(list) for name in _BREAKDOWNS}
+        self.gold_dist: dict = defaultdict(lambda: defaultdict(int))
+        self.pred_dist: dict = defaultdict(lambda: defaultdict(int))
+        self.entailed_missing = 0
+
+    def add_accuracy(self, question: Mapping, score: float) -> None:
+        self.accuracy.append(score)
+        types = question.get("types", {})
+        structural, semantic = types.get("structural"), types.get("semantic")
+        (self.open if structural == "query" else self.binary).append(score)
+        per = self.per
+        if structural is not None:
+            per["per_structural_type"][structural].append(score)
+        if semantic is not None:
+            per["per_semantic_type"][semantic].append(score)
+        if "semantic" in question:
+            per["per_steps_number"][steps_number(question)].append(score)
+        if "question" in question:
+            per["per_words_number"][words_number(question)].append(score)
+
+    def add_choices(self, qid, question: Mapping, predicted, choices: Mapping) -> None:
+        if qid not in choices:
+            raise PgmError(
+                f"The GQA choices file has no entry for question {qid!r}.",
+                "Pass the choices file of the same split as the questions (e.g. val_choices.json with val questions).",
+            )
+        self.validity.append(1.0 if _belongs(predicted, choices[qid]["valid"], question) else 0.0)
+        self.plausibility.append(1.0 if _belongs(predicted, choices[qid]["plausible"], question) else 0.0)
+
+    def add_distribution(self, question: Mapping, gold, predicted) -> None:
+        global_group = question.get("groups", {}).get("global")
+        if global_group is not None:
+            self.gold_dist[global_group][gold] += 1
+            if predicted is not None:
+                self.pred_dist[global_group][predicted] += 1
+
+    def add_consistency(self, qid, question: Mapping, predictions: Mapping, questions: Mapping) -> None:
+        """Called for a correctly answered question: accuracy over its entailed ones (not itself)."""
+        entailed = [eid for eid in question.get("entailed", ()) if eid != qid]
+        known = [eid for eid in entailed if eid in questions]
+        self.entailed_missing += len(entailed) - len(known)
+        if known:
+            self.consistency.append(
+                _avg([1.0 if predictions.get(eid) == questions[eid]["answer"] else 0.0 for eid in known]))
+
+
+# The per-type breakdowns, as eval.py's detailedMetrics (structural, semantic, steps, words).
+_BREAKDOWNS = ("per_structural_type", "per_semantic_type", "per_steps_number", "per_words_number")
+
+
 def gqa_metrics(
     predictions: Mapping[Hashable, str],
     questions: Mapping[Hashable, Mapping],
@@ -59,7 +138,10 @@ def gqa_metrics(
 
     Returns, in percent (0-100) as eval.py prints them:
       - ``accuracy``; ``binary`` and ``open`` (open = structural type "query", else binary);
-        ``per_structural_type`` and ``per_semantic_type``;
+      - ``per_structural_type``, ``per_semantic_type``, ``per_steps_number`` (reasoning steps of
+        the `semantic` program, see `steps_number`) and ``per_words_number`` (``len(question.split())``),
+        keyed and sorted as eval.py prints them (steps and words are ints; a question without
+        `semantic` or `question` is left out of that breakdown);
       - ``consistency``: for each correctly answered balanced question with entailed
         questions (other than itself), the accuracy over those, averaged (0 when none
         qualify, as eval.py). Official numbers need the *all* questions file and predictions
@@ -71,15 +153,8 @@ def gqa_metrics(
         percentage; lower is better; omitted when no question has a global group);
       - ``per_question``: ``{qid: 0.0 or 100.0}`` for the balanced questions.
     """
-    accuracy, binary, open_, consistency = [], [], [], []
-    validity, plausibility = [], []
-    by_structural: dict = defaultdict(list)
-    by_semantic: dict = defaultdict(list)
-    gold_dist: dict = defaultdict(lambda: defaultdict(int))
-    pred_dist: dict = defaultdict(lambda: defaultdict(int))
+    tally = _Tally()
     per_question = {}
-    entailed_missing = 0
-
     for qid, question in questions.items():
         if not question.get("isBalanced", True):
             continue
@@ -88,52 +163,28 @@ def gqa_metrics(
         correct = predicted == gold
         score = 1.0 if correct else 0.0
         per_question[qid] = 100 * score
-        accuracy.append(score)
-        types = question.get("types", {})
-        structural = types.get("structural")
-        (open_ if structural == "query" else binary).append(score)
-        if structural is not None:
-            by_structural[structural].append(score)
-        if types.get("semantic") is not None:
-            by_semantic[types["semantic"]].append(score)
-
+        tally.add_accuracy(question, score)
         if choices is not None:
-            if qid not in choices:
-                raise PgmError(
-                    f"The GQA choices file has no entry for question {qid!r}.",
-                    "Pass the choices file of the same split as the questions (e.g. val_choices.json with val questions).",
-                )
-            validity.append(1.0 if _belongs(predicted, choices[qid]["valid"], question) else 0.0)
-            plausibility.append(1.0 if _belongs(predicted, choices[qid]["plausible"], question) else 0.0)
+            tally.add_choices(qid, question, predicted, choices)
+        tally.add_distribution(question, gold, predicted)
+        if correct:
+            tally.add_consistency(qid, question, predictions, questions)
+    return _summary(tally, per_question, with_choices=choices is not None)
 
-        global_group = question.get("groups", {}).get("global")
-        if global_group is not None:
-            gold_dist[global_group][gold] += 1
-            if predicted is not None:
-                pred_dist[global_group][predicted] += 1
 
-        entailed = [eid for eid in question.get("entailed", ()) if eid != qid]
-        if correct and entailed:
-            known = [eid for eid in entailed if eid in questions]
-            entailed_missing += len(entailed) - len(known)
-            if known:
-                consistency.append(
-                    _avg([1.0 if predictions.get(eid) == questions[eid]["answer"] else 0.0 for eid in known])
-                )
-
+def _summary(tally: _Tally, per_question: dict, *, with_choices: bool) -> dict:
     result = {
-        "accuracy": 100 * _avg(accuracy),
-        "binary": 100 * _avg(binary),
-        "open": 100 * _avg(open_),
-        "consistency": 100 * _avg(consistency),
-        "per_structural_type": {t: 100 * _avg(s) for t, s in by_structural.items()},
-        "per_semantic_type": {t: 100 * _avg(s) for t, s in by_semantic.items()},
-        "entailed_missing": entailed_missing,
+        "accuracy": 100 * _avg(tally.accuracy),
+        "binary": 100 * _avg(tally.binary),
+        "open": 100 * _avg(tally.open),
+        "consistency": 100 * _avg(tally.consistency),
+        **{name: {t: 100 * _avg(scores) for t, scores in sorted(tally.per[name].items())} for name in _BREAKDOWNS},
+        "entailed_missing": tally.entailed_missing,
         "per_question": per_question,
     }
-    if choices is not None:
-        result["validity"] = 100 * _avg(validity)
-        result["plausibility"] = 100 * _avg(plausibility)
-    if gold_dist:
-        result["distribution"] = _chi_square(gold_dist, pred_dist) / 100
+    if with_choices:
+        result["validity"] = 100 * _avg(tally.validity)
+        result["plausibility"] = 100 * _avg(tally.plausibility)
+    if tally.gold_dist:
+        result["distribution"] = _chi_square(tally.gold_dist, tally.pred_dist) / 100
     return result

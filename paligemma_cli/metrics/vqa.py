@@ -1,16 +1,18 @@
 """VQAv2 accuracy exactly as the official evaluation script computes it.
 
 Reference: GT-Vision-Lab/VQA, PythonEvaluationTools/vqaEvaluation/vqaEval.py, current master
-(after the commit "Fixed processing answers bug", 2021). Every quirk of that script that can
-change a score is reproduced on purpose and commented where it happens; the old copy of the
-script that still circulates (other punctuation list, curly apostrophes, prediction always
-normalised) is *not* what this module implements, except for ``always_normalize=True``.
+(after the commit "Fixed processing answers bug", 2021), run under Python 3: its regexes match
+Unicode digits, and `str.lower`, `str.split`, `str.strip` are Python 3's Unicode ones. Every
+quirk of that script that can change a score is reproduced on purpose and commented where it
+happens; the old copy of the script that still circulates (other punctuation list, curly
+apostrophes, prediction always normalised) is *not* what this module implements, except for
+``always_normalize=True``.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Hashable, Iterable, Mapping, Sequence
 from functools import lru_cache
 
 from paligemma_cli.errors import PgmError
@@ -20,13 +22,14 @@ from paligemma_cli.errors import PgmError
 _PUNCT = ';/[]"{}()=+\\_-><@`,?!'
 # Fast path: most answers ("yes", "2", "red") contain none of these nor a period.
 _HAS_PUNCT = re.compile(r'[;/\[\]"{}()=+\\_\-><@`,?!.]')
-# The official script is Python 2 and compiles its patterns without re.UNICODE, so `\d` is
-# ASCII-only there; re.ASCII keeps that behaviour for e.g. Arabic-Indic digits.
-_DIGIT_COMMA = re.compile(r"\d,\d", re.ASCII)
+# The script run under Python 3 (as everyone runs it today) compiles str patterns, where `\d` is
+# any Unicode decimal digit (Arabic-Indic "٥", Devanagari "५", fullwidth "５"), so these are not
+# re.ASCII: "1٥,٥" has a digit,digit comma there, and the period of "1.٥" is followed by a digit.
+_DIGIT_COMMA = re.compile(r"\d,\d")
 # Official pattern is "(?!<=\d)(\.)(?!\d)": the first group is a (mistyped) negative
 # *lookahead* for the literal "<=" + digit, which can never match where a "." stands, so the
 # rule is simply "drop every period not followed by a digit" ("2." -> "2", "2.5" kept).
-_PERIOD = re.compile(r"\.(?!\d)", re.ASCII)
+_PERIOD = re.compile(r"\.(?!\d)")
 # The official call is `periodStrip.sub("", text, re.UNICODE)`: the flag lands in the `count`
 # argument, so at most re.UNICODE == 32 periods are removed per answer.
 _PERIOD_COUNT = 32
@@ -83,17 +86,20 @@ def _process_punctuation(text: str) -> str:
     # if the text has a digit,digit comma anywhere ("1,000" -> "1000", but then *every* listed
     # character is deleted, e.g. "1,000-2,000" -> "10002000"); otherwise replace p by a space.
     # The tests look at the original text, so the replacements can be done in one pass.
-    delete_all = _DIGIT_COMMA.search(text) is not None
+    delete_all = "," in text and _DIGIT_COMMA.search(text) is not None
     table = {}
     for p in _PUNCT:
         if p in text:
             table[ord(p)] = "" if delete_all or p + " " in text or " " + p in text else " "
     if table:
         text = text.translate(table)
-    return _PERIOD.sub("", text, count=_PERIOD_COUNT)
+    return _PERIOD.sub("", text, count=_PERIOD_COUNT) if "." in text else text
 
 
 def _process_digits_articles(text: str) -> str:
+    # Python 3's str.lower and str.split, as the script runs today: full Unicode case mapping
+    # ("İ" lower-cases to two characters) and every Unicode space (NBSP, U+3000, the \x1c-\x1f
+    # separators) splits words.
     words = []
     for word in text.lower().split():
         word = _NUMBERS.get(word, word)
@@ -108,8 +114,9 @@ def normalize_answer(text: str) -> str:
     In order: newlines/tabs to spaces and strip; the punctuation rule (each of
     ``; / [ ] " { } ( ) = + \\ _ - > < @ ` , ? !`` is deleted when it touches a space or the
     text contains a digit,digit comma, otherwise replaced by a space); periods not followed by
-    a digit removed; lower-case; number words none..ten to digits; articles a/an/the dropped;
-    the official contraction table ("dont" -> "don't"). Whitespace runs collapse to one space.
+    a digit removed (any Unicode decimal digit, as Python 3's ``\\d``); lower-case (str.lower);
+    number words none..ten to digits; articles a/an/the dropped; the official contraction table
+    ("dont" -> "don't"). Whitespace runs (str.split: any Unicode space) collapse to one space.
     """
     return _process_digits_articles(_process_punctuation(_clean(text)))
 
@@ -120,11 +127,11 @@ _cleaned = lru_cache(maxsize=1 << 18)(_clean)
 
 
 def _score(prediction: str, answers: Sequence[str], always_normalize: bool) -> float:
-    gts = [_cleaned(a) for a in answers]
+    gts = list(map(_cleaned, answers))  # map: the cached functions are C calls, 10 per question
     pred = _cleaned(prediction)
     if len(set(gts)) > 1:
         # Official: ground truths *and* prediction are processed only when annotators disagree.
-        gts = [_normalized(a) for a in gts]
+        gts = list(map(_normalized, gts))
         pred = _normalized(pred)
     elif always_normalize:
         # EvalAI-server behaviour: the prediction is always processed. With unanimous
@@ -167,18 +174,33 @@ def vqa_accuracy(
 ) -> dict:
     """Official VQA accuracy over a data set.
 
-    `references` maps question id to ``{"answers": [10 str], "answer_type": str}``
-    (``answer_type`` optional; questions without it are left out of ``per_answer_type``).
-    Questions missing from `predictions` score 0; predictions for unknown ids are ignored.
+    `references` maps question id to ``{"answers": [10 str], "answer_type": str,
+    "question_type": str}`` (both types optional; a question without one is left out of that
+    breakdown). Questions missing from `predictions` score 0; predictions for unknown ids are
+    ignored.
 
-    Returns ``{"accuracy", "per_answer_type": {type: acc}, "per_question": {id: acc}}``, all in
-    0-100 and not rounded (the official script rounds to 2 decimals only when reporting).
+    Returns ``{"accuracy", "per_answer_type": {type: acc}, "per_question_type": {type: acc},
+    "per_question": {id: acc}}``, all in 0-100 and not rounded: vqaEval.py's ``accuracy``
+    dict (``overall``, ``perAnswerType``, ``perQuestionType``) holds the same figures rounded
+    to 2 decimals. Types appear in the order their first question does, as there.
     """
+    questions = ((qid, ref["answers"], ref.get("answer_type"), ref.get("question_type"))
+                 for qid, ref in references.items())
+    return vqa_accuracy_of(predictions, questions, always_normalize=always_normalize)
+
+
+def vqa_accuracy_of(
+    predictions: Mapping[Hashable, str],
+    questions: Iterable[tuple[Hashable, Sequence[str], str | None, str | None]],
+    *,
+    always_normalize: bool = False,
+) -> dict:
+    """`vqa_accuracy` over ``(id, answers, answer type, question type)`` tuples (no dict per question)."""
     per_question: dict = {}
-    by_type: dict[str, list[float]] = {}
+    by_answer_type: dict[str, list[float]] = {}
+    by_question_type: dict[str, list[float]] = {}
     total = 0.0
-    for qid, ref in references.items():
-        answers = ref["answers"]
+    for qid, answers, answer_type, question_type in questions:
         if not answers:
             raise PgmError(
                 f"VQA question {qid!r} has no ground-truth answers to score against.",
@@ -188,11 +210,18 @@ def vqa_accuracy(
         acc = 0.0 if prediction is None else _score(prediction, answers, always_normalize)
         total += acc
         per_question[qid] = 100 * acc
-        answer_type = ref.get("answer_type")
         if answer_type is not None:
-            by_type.setdefault(answer_type, []).append(acc)
+            by_answer_type.setdefault(answer_type, []).append(acc)
+        if question_type is not None:
+            by_question_type.setdefault(question_type, []).append(acc)
     return {
         "accuracy": 100 * total / len(per_question) if per_question else 0.0,
-        "per_answer_type": {t: 100 * sum(accs) / len(accs) for t, accs in by_type.items()},
+        "per_answer_type": _percent_by_type(by_answer_type),
+        "per_question_type": _percent_by_type(by_question_type),
         "per_question": per_question,
     }
+
+
+def _percent_by_type(scores: dict[str, list[float]]) -> dict[str, float]:
+    # vqaEval.py: 100 * sum / len per type, summed in question order.
+    return {t: 100 * sum(accs) / len(accs) for t, accs in scores.items()}

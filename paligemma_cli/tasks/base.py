@@ -86,7 +86,9 @@ class Task:
         """Official-format records, each with where it is ("line 3", "item 3") -> {id: prediction}.
 
         Extra keys are ignored (pgm's predictions.jsonl adds prompt, references, score); a
-        record without the two official keys, or whose answer is not text, is an error naming it.
+        record without the two official keys, or whose answer is not a string, is an error naming
+        it. A number is not taken as its text: vqaEval.py and the RRC ANLS script stop on one
+        (they call string methods on it) and GQA's eval.py counts it wrong (2 != "2").
         """
         out: dict[Hashable, str] = {}
         for where, rec in records:
@@ -95,30 +97,35 @@ class Task:
                                f"{{\"{self.id_key}\": ..., \"{self.answer_key}\": ...}}.",
                                self._format_hint(rec))
             answer = rec[self.answer_key]
-            if isinstance(answer, bool) or not isinstance(answer, (str, int, float)):
+            if not isinstance(answer, str):
                 raise PgmError(f"{source} {where}: \"{self.answer_key}\" must be a string "
-                               f"(got {json.dumps(answer)[:60]}).", "Write one answer string per result.")
-            out[self.normalise_id(rec[self.id_key])] = str(answer)
+                               f"(got {json.dumps(answer)[:60]}).",
+                               'Write every answer as a JSON string (e.g. "2"): official scorers take only strings.')
+            out[self.normalise_id(rec[self.id_key])] = answer
         return out
 
     def _format_hint(self, rec: Any) -> str:
         """Name the task whose official format `rec` has, when it is another one."""
-        from paligemma_cli.tasks import TASKS  # the registry imports this module
-
         if not isinstance(rec, dict):
             return f"Got {type(rec).__name__}, not an object; is it the right file?"
         keys = sorted(map(str, rec))
         shown = ", ".join(keys[:6]) + (", ..." if len(keys) > 6 else "")
-        for other in TASKS.values():
-            if other is not self and other.id_key in rec and other.answer_key in rec:
+        for other in Task.__subclasses__():  # every task's class (the registry imports this module)
+            if other is not type(self) and other.id_key in rec and other.answer_key in rec:
                 return f"Got keys [{shown}]: that is the {other.name} format; is --task right?"
         return f"Got keys [{shown}]; is --task right?"
 
     def normalise_id(self, value: Any) -> Hashable:
-        """Ids as the official files hold them: ints for VQAv2, DocVQA and COCO (GQA: str)."""
+        """Ids as the official files hold them: ints for VQAv2, DocVQA and COCO (GQA: str).
+
+        Only exact conversions: "10010" or 10010.0 is 10010, but 10010.5 (or True) stays as it is,
+        so it is reported as an unknown id instead of being scored as question 10010.
+        """
+        if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+            return value
         try:
             return self.id_type(value)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             return value
 
     def score(self, predictions: dict[Hashable, str], examples: Sequence[Example],

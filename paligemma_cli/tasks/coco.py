@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from functools import partial
 from pathlib import Path
 from typing import Any, Hashable, Optional, Sequence
 
@@ -72,10 +71,10 @@ class COCOCaptions(Task):
         return rng.choice(example.answers)
 
     def load_official(self, root: Path, split: str, template: str | None = None) -> list[Record]:
-        prefix_of = partial(self.prefix, template=template)
+        template = template or self.prompt_template
         if split in KARPATHY:
             images = decode_json(root / "dataset_coco.json", "the Karpathy split file", _KarpathyFile).images
-            kind = RecordKind(root, "{}", prefix_of, (None, None, None))
+            kind = RecordKind(root, "{}", template, (None, None, None))
             return [Record(im.cocoid if im.cocoid is not None else im.imgid, None, [s.raw for s in im.sentences],
                            f"{im.filepath}/{im.filename}", None, kind)
                     for im in images if im.split in KARPATHY[split]]
@@ -83,7 +82,7 @@ class COCOCaptions(Task):
         captions: dict[int, list[str]] = {}
         for ann in data.annotations:
             captions.setdefault(ann.image_id, []).append(ann.caption)
-        kind = RecordKind(root / split, "{}", prefix_of, (None, "file_name", None))
+        kind = RecordKind(root / split, "{}", template, (None, "file_name", None))
         return [Record(im.id, None, captions.get(im.id, []), im.file_name, None, kind) for im in data.images]
 
     def from_hf_row(self, row: dict[str, Any], index: int, template: str | None) -> Example:

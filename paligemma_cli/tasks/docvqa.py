@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from functools import partial
 from pathlib import Path
-from typing import Any, Hashable, Sequence
+from typing import Any, Hashable, Optional, Sequence, Union
 
 import msgspec
 
@@ -13,12 +12,44 @@ from paligemma_cli.tasks.base import Example, Score, Task, first_present, write_
 from paligemma_cli.tasks.records import Record, RecordKind, decode_json
 
 
+_Labels = Optional[Union[list[str], str]]
+
+
 class _Item(msgspec.Struct, gc=False):
     questionId: int
     question: str
     image: str  # relative to the annotation file: documents/<name>.png
     answers: list[str] = []
     docId: Any = None
+    # The breakdowns, where the annotation file has them: DocVQA's question_types, and
+    # InfographicVQA's answer_type, evidence and operation/reasoning (each a list of names).
+    question_types: _Labels = None
+    answer_type: _Labels = None
+    evidence: _Labels = None
+    operation: _Labels = msgspec.field(default=None, name="operation/reasoning")
+
+
+# Annotation field -> metric name (per_<name>), in the order the RRC script prints its breakdowns.
+_CATEGORIES = {"question_types": "question_type", "answer_type": "answer_type", "evidence": "evidence_type",
+               "operation/reasoning": "operation_type"}
+
+
+def _labels(value: Any) -> tuple[str, ...] | None:
+    if value is None:
+        return None
+    return (value,) if isinstance(value, str) else tuple(value)
+
+
+def _categories(examples: Sequence[Example]) -> dict[str, dict[Hashable, tuple[str, ...]]]:
+    """{metric name: {question id: labels}} for the breakdowns some question has labels for."""
+    found: dict[str, dict] = {}
+    for ex in examples:
+        meta = ex.meta
+        for field, name in _CATEGORIES.items():
+            labels = _labels(meta.get(field))
+            if labels is not None:
+                found.setdefault(name, {})[ex.id] = labels
+    return {name: found[name] for name in _CATEGORIES.values() if name in found}
 
 
 class _Annotations(msgspec.Struct):
@@ -54,22 +85,30 @@ class DocVQA(Task):
     def load_official(self, root: Path, split: str, template: str | None = None) -> list[Record]:
         path = self.annotation_file(root, split)
         items = decode_json(path, "the DocVQA annotation file", _Annotations).data
-        kind = RecordKind(path.parent, "{}", partial(self.prefix, template=template), ("question", None, "docId"))
-        return [Record(item.questionId, item.question, item.answers, item.image, item.docId, kind) for item in items]
+        meta_names = ("question", None, ("docId", *_CATEGORIES))
+        kind = RecordKind(path.parent, "{}", template or self.prompt_template, meta_names)
+        return [Record(item.questionId, item.question, item.answers, item.image, (item.docId, *map(_labels, (
+            item.question_types, item.answer_type, item.evidence, item.operation))), kind) for item in items]
 
     def from_hf_row(self, row: dict[str, Any], index: int, template: str | None) -> Example:
         question = first_present(row, ["question"], self.hf_id)
         answers = first_present(row, ["answers", "answer"], self.hf_id)
         answers = [answers] if isinstance(answers, str) else list(answers)
+        meta = {"question": question, **{field: row[field] for field in _CATEGORIES if row.get(field) is not None}}
         return Example(id=int(row.get("questionId", index)), image=None, prefix=self.prefix(question, template),
-                       answers=answers, meta={"question": question})
+                       answers=answers, meta=meta)
 
     def score(self, predictions: dict[Hashable, str], examples: Sequence[Example],
               extra: dict[str, Any]) -> Score:
         from paligemma_cli.metrics.anls import anls
 
-        result = anls(predictions, {ex.id: ex.answers for ex in examples})
-        return Score({"anls": result["anls"]}, dict(result["per_question"]))
+        variant = extra.get("anls_variant") or "rrc"
+        categories = _categories(examples)
+        result = anls(predictions, {ex.id: ex.answers for ex in examples}, variant=variant, categories=categories)
+        # The paper's definition never goes by the server's name.
+        metrics = {"anls" if variant == "rrc" else f"anls_{variant}": result["anls"]}
+        metrics.update((f"per_{name}", result[f"per_{name}"]) for name in categories)
+        return Score(metrics, dict(result["per_question"]))
 
     def write_synthetic(self, root: Path, num_examples: int, seed: int = 0,
                         splits: tuple[str, ...] | None = None) -> list[Path]:

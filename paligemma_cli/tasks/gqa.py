@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from functools import partial
 from pathlib import Path
 from sys import intern
 from typing import Any, Hashable, Optional, Sequence, TypedDict
@@ -45,6 +44,11 @@ class _Types(TypedDict, total=False):
 _Groups = TypedDict("_Groups", {"global": Optional[str]}, total=False)  # "global" is a keyword
 
 
+class _Step(TypedDict):
+    operation: str
+    argument: str  # (each step's "dependencies" are skipped)
+
+
 class _Scored(TypedDict, total=False):
     """What gqa_metrics reads of a question (a dict, as in the official file)."""
     answer: str
@@ -52,11 +56,35 @@ class _Scored(TypedDict, total=False):
     entailed: list[str]
     types: _Types
     groups: _Groups
+    question: str  # its words number
+    semantic: list[_Step]  # its reasoning steps number
 
 
 class _Choices(TypedDict):
     valid: list[str]
     plausible: list[str]
+
+
+def _unstructured(example: Example) -> dict[str, Any]:
+    """A question from a hub / JSONL source, as gqa_metrics reads it: open, balanced, entailing nothing."""
+    question = {"answer": example.answers[0], "types": {"structural": "query"}, "entailed": [], "isBalanced": True}
+    if example.meta.get("question"):  # hub rows have the text (its words number); JSONL lines only a prompt
+        question["question"] = example.meta["question"]
+    return question
+
+
+def _unavailable(metrics: dict[str, Any], extra: dict[str, Any]) -> dict[str, str]:
+    """The metrics the given files cannot give (set to None in `metrics`), each with what it needs."""
+    unavailable = {}
+    if "questions" not in extra:  # hub / JSONL source: no structural types, entailments or programs
+        for name in ("binary", "consistency", "per_steps_number"):
+            metrics[name] = None
+            unavailable[name] = "needs the official <split>_balanced_questions.json (--data-root)."
+    if "choices" not in extra:
+        unavailable["validity"] = unavailable["plausibility"] = "needs the choices file <split>_choices.json."
+    if metrics["distribution"] is None:
+        unavailable["distribution"] = "no scored question has an answer group (groups.global)."
+    return unavailable
 
 
 class GQA(Task):
@@ -84,7 +112,7 @@ class GQA(Task):
     def load_official(self, root: Path, split: str, template: str | None = None) -> list[Record]:
         questions = decode_json(self.balanced_file(root, split), "the GQA balanced questions file",
                                 dict[str, _Question])
-        kind = RecordKind(root / "images", "{}.jpg", partial(self.prefix, template=template), ("question", "image_id"))
+        kind = RecordKind(root / "images", "{}.jpg", template or self.prompt_template, ("question", "image_id"))
         # Image ids repeat (~6 questions per image): one shared str each.
         return [Record(qid, q.question, [intern(q.answer)] if q.answer is not None else [], intern(q.imageId),
                        None, kind) for qid, q in questions.items()]
@@ -126,8 +154,7 @@ class GQA(Task):
         questions = extra.get("questions")
         notes = []
         if questions is None:  # hub / JSONL source: balanced questions with no structure known
-            questions = {ex.id: {"answer": ex.answers[0], "types": {"structural": "query"},
-                                 "entailed": [], "isBalanced": True} for ex in examples}
+            questions = {ex.id: _unstructured(ex) for ex in examples}
             notes.append("Without the official questions file every question is scored as open.")
         else:
             wanted = {ex.id for ex in examples}
@@ -153,21 +180,11 @@ class GQA(Task):
         if result["entailed_missing"]:
             notes.append(f"{result['entailed_missing']} entailed questions are not in the scored question "
                          "set and were left out of consistency.")
-        # The official headline numbers first, in eval.py's order; then the per-type breakdown.
+        # The official headline numbers first, in eval.py's order; then its per-type breakdowns.
         metrics = {k: result.get(k) for k in ("accuracy", "binary", "open", "consistency", "validity",
-                                              "plausibility", "distribution")}
-        unavailable = {}
-        if "questions" not in extra:
-            for name in ("binary", "consistency"):
-                metrics[name] = None
-                unavailable[name] = "needs the official <split>_balanced_questions.json (--data-root)."
-        if "choices" not in extra:
-            unavailable["validity"] = unavailable["plausibility"] = "needs the choices file <split>_choices.json."
-        if metrics["distribution"] is None:
-            unavailable["distribution"] = "no scored question has an answer group (groups.global)."
-        metrics["per_structural_type"] = result["per_structural_type"]
-        metrics["per_semantic_type"] = result["per_semantic_type"]
-        return Score(metrics, per, notes, unavailable)
+                                              "plausibility", "distribution", "per_structural_type",
+                                              "per_semantic_type", "per_steps_number", "per_words_number")}
+        return Score(metrics, per, notes, _unavailable(metrics, extra))
 
     def write_synthetic(self, root: Path, num_examples: int, seed: int = 0,
                         splits: tuple[str, ...] | None = None) -> list[Path]:
@@ -184,12 +201,15 @@ class GQA(Task):
                     f"{base}1": (f"is the shape {scene.color}?", "yes", "verify", "attr", [f"{base}0"]),
                 }
                 for qid, (question, answer, structural, semantic, entailed) in qa.items():
+                    last = ({"operation": "query", "dependencies": [0], "argument": "color"} if structural == "query"
+                            else {"operation": "verify color", "dependencies": [0], "argument": scene.color})
+                    program = [{"operation": "select", "dependencies": [], "argument": "shape (0)"}, last]
                     q = {"imageId": image_id, "question": question, "answer": answer,
                          "fullAnswer": f"The shape is {scene.color}.", "isBalanced": True,
                          "groups": {"global": None, "local": f"{structural}-{semantic}"},
                          "types": {"structural": structural, "semantic": semantic,
                                    "detailed": f"{semantic}{structural.capitalize()}"},
-                         "entailed": entailed, "equivalent": [qid], "semantic": [], "annotations": {}}
+                         "entailed": entailed, "equivalent": [qid], "semantic": program, "annotations": {}}
                     balanced[qid] = q
                     all_questions[qid] = q
                     valid = ["yes", "no"] if structural == "verify" else ["red", "green", "blue", "yellow",

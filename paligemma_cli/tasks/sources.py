@@ -59,7 +59,8 @@ def load_examples(task: Task, data: DataConfig, role: str, *, check_images: bool
 # ----- JSONL ------------------------------------------------------------------------------------
 
 def read_jsonl(task: Task, path: Path, limit: int | None) -> list[Example]:
-    """Lines of {"image": path, "prefix": str, "suffix": str | [str, ...]} (+ optional "id")."""
+    """Lines of {"image": path, "prefix": str, "suffix": str | [str, ...]} (+ optional "id", and for VQAv2
+    scoring "answer_type", "question_type")."""
     if not path.is_file():
         raise PgmError(f"JSONL file {path} does not exist.", "Check the --train-file/--eval-file path.")
     examples = []
@@ -77,8 +78,9 @@ def read_jsonl(task: Task, path: Path, limit: int | None) -> list[Example]:
             suffix = rec["suffix"]
             answers = [str(s) for s in suffix] if isinstance(suffix, list) else [str(suffix)]
             prefix = rec.get("prefix", task.prefix(None))
+            meta = {"answer_type": rec.get("answer_type"), "question_type": rec.get("question_type")}
             examples.append(Example(id=rec.get("id", lineno), image=(path.parent / rec["image"]),
-                                    prefix=prefix, answers=answers, meta={"answer_type": rec.get("answer_type")}))
+                                    prefix=prefix, answers=answers, meta=meta))
             if limit and len(examples) >= limit:
                 break
     return examples

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import random
-from functools import partial
 from pathlib import Path
 from sys import intern
-from typing import Any, Hashable, Sequence
+from typing import Any, Hashable, Optional, Sequence
 
 import msgspec
 
@@ -35,6 +34,7 @@ class _Annotation(msgspec.Struct, gc=False):
     question_id: int
     answers: list[_Answer]
     answer_type: str = "other"
+    question_type: Optional[str] = None  # "what color is the", ...: vqaEval.py's perQuestionType
 
 
 class _Annotations(msgspec.Struct):
@@ -51,9 +51,12 @@ def _image_dirs(root: Path, split: str) -> list[Path]:
     return [root / img, root / "images" / img, root / "Images" / "mscoco" / img, root / "coco" / img]
 
 
-def _answer_type(example: Example | Record) -> str | None:
-    # A Record keeps it in `info`; building its meta dict per question would cost a dict each.
-    return example.info if isinstance(example, Record) else example.meta.get("answer_type")
+def _types(example: Example | Record) -> tuple[str, str | None]:
+    """(answer type, question type), "other" when the answer type is not given. A Record keeps
+    them in `info`: building its meta dict per question would cost a dict each."""
+    if isinstance(example, Record):
+        return example.info or ("other", None)
+    return example.meta.get("answer_type") or "other", example.meta.get("question_type")
 
 
 class VQAv2(Task):
@@ -92,17 +95,24 @@ class VQAv2(Task):
             answers = {a.question_id: a for a in decode_json(afile, "the VQAv2 annotations file", _Annotations).annotations}
         img = _image_split(split)
         image_dir = next((d for d in _image_dirs(root, split) if d.is_dir()), _image_dirs(root, split)[0])
-        kind = RecordKind(image_dir, f"COCO_{img}_{{:012d}}.jpg", partial(self.prefix, template=template),
-                          ("question", "image_id", "answer_type"))
+        kind = RecordKind(image_dir, f"COCO_{img}_{{:012d}}.jpg", template or self.prompt_template,
+                          ("question", "image_id", ("answer_type", "question_type")))
         records = []
+        types: dict[tuple, tuple] = {}  # ~200 distinct (answer type, question type) pairs: one tuple each
         for q in questions:
             ann = answers.get(q.question_id)
             if answers and ann is None:
                 raise PgmError(f"Question {q.question_id} has no annotation in {afile}.",
                                "The questions and annotations files must be of the same split.")
+            info = None
+            if ann is not None:
+                pair = (ann.answer_type, ann.question_type)
+                info = types.get(pair)
+                if info is None:
+                    info = types[pair] = pair
             # Answer strings repeat massively ("yes", "2"): one shared str each keeps 443k questions small.
             records.append(Record(q.question_id, q.question, [intern(a.answer) for a in ann.answers] if ann else [],
-                                  q.image_id, intern(ann.answer_type) if ann else None, kind))
+                                  q.image_id, info, kind))
         return records
 
     def from_hf_row(self, row: dict[str, Any], index: int, template: str | None) -> Example:
@@ -113,17 +123,22 @@ class VQAv2(Task):
         else:
             answers = [a["answer"] if isinstance(a, dict) else str(a) for a in raw]
         return Example(id=row.get("question_id", index), image=None, prefix=self.prefix(question, template),
-                       answers=answers, meta={"question": question, "answer_type": row.get("answer_type", "other")})
+                       answers=answers, meta={"question": question, "answer_type": row.get("answer_type", "other"),
+                                              "question_type": row.get("question_type")})
 
     def score(self, predictions: dict[Hashable, str], examples: Sequence[Example],
               extra: dict[str, Any]) -> Score:
-        from paligemma_cli.metrics.vqa import vqa_accuracy
+        from paligemma_cli.metrics.vqa import vqa_accuracy_of
 
-        references = {ex.id: {"answers": ex.answers, "answer_type": _answer_type(ex) or "other"} for ex in examples}
-        result = vqa_accuracy(predictions, references, always_normalize=bool(extra.get("always_normalize")))
-        metrics = {"accuracy": result["accuracy"], "per_answer_type": result["per_answer_type"]}
+        questions = ((ex.id, ex.answers, *_types(ex)) for ex in examples)
+        result = vqa_accuracy_of(predictions, questions, always_normalize=bool(extra.get("always_normalize")))
+        metrics = {k: result[k] for k in ("accuracy", "per_answer_type", "per_question_type")}
+        unavailable = {}
+        if not metrics["per_question_type"]:
+            metrics["per_question_type"] = None
+            unavailable["per_question_type"] = "the annotations give no question_type (the official VQAv2 files do)."
         per = {k: v / 100.0 for k, v in result["per_question"].items()}
-        return Score(metrics, per)
+        return Score(metrics, per, unavailable=unavailable)
 
     def write_synthetic(self, root: Path, num_examples: int, seed: int = 0,
                         splits: tuple[str, ...] | None = None) -> list[Path]:

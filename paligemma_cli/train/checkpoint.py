@@ -1,9 +1,10 @@
 """Atomic checkpoints: written to a hidden temp folder, fsynced, then renamed into place.
 
-A crash mid-write leaves only a `.tmp-*` folder, which resume ignores and the next save removes,
-so `--resume` always finds a complete checkpoint. A checkpoint holds the adapter, the optimiser
-and scheduler states, every RNG state, and the loop position (epoch, micro-batch) so a resumed
-run continues bit-for-bit.
+A crash mid-write leaves only a `.tmp-*` folder, which resume ignores and the next save removes.
+A checkpoint holds the adapter, the optimiser and scheduler states, every RNG state, and the loop
+position (epoch, micro-batch) so a resumed run continues bit-for-bit. A checkpoint damaged later
+(a truncated file, a state file that is not JSON) is skipped: resume walks back to the newest one
+that loads completely and says which it skipped and why.
 """
 
 from __future__ import annotations
@@ -15,11 +16,14 @@ import random
 import re
 import shutil
 import signal
+import struct
+import zipfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from paligemma_cli.errors import PgmError
+from paligemma_cli.outputs import error_code
 
 CHECKPOINTS = "checkpoints"
 STATE_FILE = "trainer_state.json"
@@ -81,11 +85,8 @@ def write_errors() -> tuple[type[BaseException], ...]:
 
 
 def write_error_reason(exc: BaseException) -> str:
-    if isinstance(exc, OSError) and exc.strerror:
-        return exc.strerror
-    text = str(exc)
-    code = re.search(r"os error (\d+)", text)  # safetensors: "I/O error: ... (os error 28)"
-    return os.strerror(int(code.group(1))) if code else (text.splitlines() or [type(exc).__name__])[0]
+    code = error_code(exc)  # safetensors says "I/O error: ... (os error 28)"
+    return os.strerror(code) if code else (str(exc).splitlines() or [type(exc).__name__])[0]
 
 
 def _torch_save(obj: Any, path: Path) -> None:
@@ -136,14 +137,16 @@ def save_checkpoint(output_dir: Path, model, optimizer, scheduler, state: LoopSt
     return final
 
 
-def list_checkpoints(output_dir: Path) -> list[Path]:
-    """Complete checkpoints, oldest first (temp folders are not checkpoints)."""
+def _step_dirs(output_dir: Path) -> list[tuple[int, Path]]:
     root = Path(output_dir) / CHECKPOINTS
     if not root.is_dir():
         return []
-    found = [(int(m.group(1)), p) for p in root.iterdir()
-             if (m := _STEP_DIR.match(p.name)) and (p / STATE_FILE).exists()]
-    return [p for _, p in sorted(found)]
+    return sorted((int(m.group(1)), p) for p in root.iterdir() if (m := _STEP_DIR.match(p.name)))
+
+
+def list_checkpoints(output_dir: Path) -> list[Path]:
+    """Complete checkpoints, oldest first (temp folders are not checkpoints)."""
+    return [p for _, p in _step_dirs(output_dir) if (p / STATE_FILE).exists()]
 
 
 def latest_checkpoint(output_dir: Path) -> Path | None:
@@ -156,16 +159,101 @@ def prune_checkpoints(output_dir: Path, keep: int) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def load_checkpoint(path: Path, model, optimizer, scheduler) -> tuple[LoopState, dict[str, Any]]:
-    """Restore adapter, optimiser and scheduler from `path`; return the loop state and RNG state."""
+def _safetensors_problem(path: Path) -> str | None:
+    """Why a safetensors file is not whole: its header names the bytes the file must hold."""
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as fh:
+            (length,) = struct.unpack("<Q", fh.read(8))
+            if 8 + length > size:
+                return f"{path.name} is truncated ({size:,} bytes, less than its header)"
+            header = json.loads(fh.read(length))
+        end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+    except FileNotFoundError:
+        return f"{path.name} is missing"
+    except (OSError, ValueError, struct.error, TypeError, KeyError, AttributeError):
+        return f"{path.name} is damaged (no valid header)"
+    if 8 + length + end > size:
+        return f"{path.name} is truncated ({size:,} of {8 + length + end:,} bytes)"
+    return None
+
+
+def checkpoint_problem(path: Path) -> str | None:
+    """Why checkpoint `path` cannot be resumed from, or None; cheap (no torch): the state file is
+    valid, the adapter's safetensors whole, the optimiser, scheduler and RNG archives complete."""
+    try:
+        LoopState(**json.loads((path / STATE_FILE).read_text()))
+    except FileNotFoundError:
+        return f"{STATE_FILE} is missing"
+    except (OSError, ValueError):
+        return f"{STATE_FILE} is not valid JSON"
+    except TypeError:
+        return f"{STATE_FILE} does not hold pgm's loop state"
+    problem = _safetensors_problem(path / "adapter_model.safetensors")
+    if problem:
+        return problem
+    for name in ("optimizer.pt", "scheduler.pt", "rng.pt"):
+        try:
+            zipfile.ZipFile(path / name).close()  # torch.save writes a zip; a cut one has no directory
+        except FileNotFoundError:
+            return f"{name} is missing"
+        except (OSError, zipfile.BadZipFile):
+            return f"{name} is truncated or damaged"
+    return None
+
+
+def _no_checkpoint(output_dir: Path, skipped: list[tuple[Path, str]]) -> PgmError:
+    why = f" ({skipped[0][0].name}: {skipped[0][1]})" if skipped else ""
+    return PgmError(f"--resume: no complete checkpoint in {Path(output_dir) / CHECKPOINTS}{why}.",
+                    "Drop --resume and pass --overwrite to start over.")
+
+
+def require_resumable(output_dir: Path) -> Path:
+    """The newest checkpoint that passes `checkpoint_problem` (a PgmError naming why when none does)."""
+    skipped = []
+    for _, path in reversed(_step_dirs(output_dir)):
+        problem = checkpoint_problem(path)
+        if problem is None:
+            return path
+        skipped.append((path, problem))
+    raise _no_checkpoint(output_dir, skipped)
+
+
+def _read_checkpoint(path: Path) -> tuple[dict, dict, dict, LoopState, dict]:
+    """Everything in `path`, read before any of it is applied; PgmError names the file that fails."""
     import torch
-    from peft import set_peft_model_state_dict
     from safetensors.torch import load_file
 
-    weights = load_file(str(path / "adapter_model.safetensors"))
-    set_peft_model_state_dict(model, weights)
-    optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=False))
-    scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=False))
+    problem = checkpoint_problem(path)
+    if problem:
+        raise PgmError(problem)
+    loaded = {}
+    for name in ("adapter_model.safetensors", "optimizer.pt", "scheduler.pt", "rng.pt"):
+        try:
+            loaded[name] = load_file(str(path / name)) if name.endswith(".safetensors") else \
+                torch.load(path / name, weights_only=False)
+        except Exception as exc:  # any way a damaged file fails to load: the next older checkpoint
+            raise PgmError(f"{name} does not load ({(str(exc).splitlines() or [type(exc).__name__])[0]})") from None
     state = LoopState(**json.loads((path / STATE_FILE).read_text()))
-    rng = torch.load(path / "rng.pt", weights_only=False)
-    return state, rng
+    return (loaded["adapter_model.safetensors"], loaded["optimizer.pt"], loaded["scheduler.pt"], state,
+            loaded["rng.pt"])
+
+
+def resume_from(output_dir: Path, model, optimizer, scheduler
+                ) -> tuple[Path, LoopState, dict[str, Any], list[tuple[Path, str]]]:
+    """Restore the newest checkpoint that loads completely (adapter, optimiser, scheduler, RNG,
+    loop state); returns it, the loop state, the RNG state and the newer ones skipped (why)."""
+    from peft import set_peft_model_state_dict
+
+    skipped = []
+    for _, path in reversed(_step_dirs(output_dir)):
+        try:
+            weights, optim, sched, state, rng = _read_checkpoint(path)
+        except PgmError as exc:
+            skipped.append((path, exc.message))
+            continue
+        set_peft_model_state_dict(model, weights)
+        optimizer.load_state_dict(optim)
+        scheduler.load_state_dict(sched)
+        return path, state, rng, skipped
+    raise _no_checkpoint(output_dir, skipped)

@@ -12,8 +12,8 @@ Only the main process writes checkpoints, logs and events.
 from __future__ import annotations
 
 import contextlib
+import json
 import math
-import os
 import shutil
 import signal
 import time
@@ -24,11 +24,11 @@ from typing import Any
 from paligemma_cli.config import TrainRun
 from paligemma_cli.errors import PgmError
 from paligemma_cli.events import Events
-from paligemma_cli.outputs import record_written
-from paligemma_cli.train.checkpoint import (LoopState, crash_point, latest_checkpoint, load_checkpoint, rng_state,
+from paligemma_cli.outputs import claim_output
+from paligemma_cli.train.checkpoint import (LoopState, crash_point, latest_checkpoint, resume_from, rng_state,
                                             save_checkpoint, set_rng_state, write_error_reason, write_errors)
-from paligemma_cli.train.setup import Session, prepare
-from paligemma_cli.train.tracking import LOG_FILE, Tracker, Window, append_log, truncate_log, write_json
+from paligemma_cli.train.setup import Inputs, Session, build, prepare
+from paligemma_cli.train.tracking import LOG_FILE, Tracker, Window, append_log, log_up_to
 
 RUN_CONFIG = "run_config.json"
 
@@ -50,12 +50,31 @@ class TrainResult:
 def train(run: TrainRun, events: Events | None = None) -> TrainResult:
     """Run `pgm train`: load data and model, train with LoRA, checkpoint, evaluate, save the adapter."""
     started = time.time()
-    session = prepare(run, events or Events())
-    loop = Loop(session)
-    loop.start()
-    with StopFlag() as stop:
-        loop.run(stop)
-    return loop.finish(time.time() - started)
+    inputs = prepare(run, events or Events())
+    with claimed(inputs) as output:
+        loop = Loop(build(inputs, output))
+        loop.start()
+        with StopFlag() as stop:
+            loop.run(stop)
+        return loop.finish(time.time() - started)
+
+
+@contextlib.contextmanager
+def claimed(inputs: Inputs):
+    """One writer: the main process holds the output dir until the run ends; what a failed run wrote
+    before its first checkpoint is removed again (and an --overwrite'n earlier run put back).
+    The other processes write nothing and get None."""
+    acc = inputs.accelerator
+    if not acc.is_main_process:
+        acc.wait_for_everyone()
+        yield None
+        return
+    cfg = inputs.run.train
+    with claim_output(inputs.out, "train", overwrite=cfg.overwrite, resume=cfg.resume) as output:
+        for note in output.notes:
+            inputs.events.message(note, "warning")
+        acc.wait_for_everyone()
+        yield output
 
 
 class StopFlag:
@@ -105,28 +124,35 @@ class Loop:
         """Restore a checkpoint when resuming, start tracking, write run_config.json, announce."""
         s = self.s
         if self.cfg.resume:
-            self.restore(latest_checkpoint(s.out))
+            self.restore()
+        if s.main:  # recorded before written: what a crash cuts short is still pgm's to remove
+            s.output.record(LOG_FILE, "checkpoints", *(["wandb"] if self.cfg.use_wandb else []))
+            s.output.write(RUN_CONFIG, json.dumps({
+                "pgm_run": s.run.to_dict(), "task": s.task.name, "trainable_params": s.trainable_params,
+                "total_params": s.total_params, "processes": s.processes, "total_steps": s.total_steps},
+                indent=2, default=str))
         self.tracker = Tracker(self.cfg.use_wandb and s.main, self.cfg.wandb_project, s.run.to_dict(), s.out,
                                self.state.wandb_run_id)
         self.state.wandb_run_id = self.tracker.run_id
-        if s.main:  # recorded before written: what a crash cuts short is still pgm's to remove
-            record_written(s.out, [RUN_CONFIG, LOG_FILE, "checkpoints"] + (["wandb"] if self.cfg.use_wandb else []))
-            write_json(s.out / RUN_CONFIG, {"pgm_run": s.run.to_dict(), "task": s.task.name,
-                                            "trainable_params": s.trainable_params, "total_params": s.total_params,
-                                            "processes": s.processes, "total_steps": s.total_steps})
         s.events.train_start(s.total_steps, self.state.global_step, {
             "task": s.task.name, "examples": s.train_count, "trainable_params": s.trainable_params,
             "total_params": s.total_params, "effective_batch": self.cfg.batch_size * self.accum * s.processes,
             "device": str(s.accelerator.device), "processes": s.processes})
 
-    def restore(self, ckpt: Path) -> None:
+    def restore(self) -> None:
+        """The newest checkpoint that loads completely; damaged newer ones are named and removed."""
         s = self.s
-        self.state, self.rng = load_checkpoint(ckpt, s.accelerator.unwrap_model(s.model), s.optimizer, s.scheduler)
+        ckpt, self.state, self.rng, skipped = resume_from(s.out, s.accelerator.unwrap_model(s.model), s.optimizer,
+                                                          s.scheduler)
+        for path, why in skipped:  # damaged after it was written (disk fault, a copy cut short)
+            s.events.message(f"Skipped checkpoint {path.name}: {why}; its steps are trained again.", "warning")
         if self.state.total_steps != s.total_steps:
             s.events.message(f"Resumed run planned {self.state.total_steps} steps; now {s.total_steps}.", "warning")
             self.state.total_steps = s.total_steps
         if s.main:
-            truncate_log(self.log_path, self.state.global_step)
+            for path, _ in skipped:  # pgm's own, unusable, and newer than the run now continues from
+                shutil.rmtree(path, ignore_errors=True)
+            s.output.write(LOG_FILE, log_up_to(self.log_path, self.state.global_step))
         s.events.message(f"Resuming from {ckpt.name} (step {self.state.global_step} of {s.total_steps}).")
 
     # ----- the epochs ------------------------------------------------------------------------
@@ -278,16 +304,11 @@ class Loop:
 
     def save_best(self) -> None:
         s = self.s
-        best, tmp = s.out / "best", s.out / ".tmp-best"
         try:  # written aside and swapped in, so a crash never leaves a half best/
-            record_written(s.out, ["best", ".tmp-best"])
-            shutil.rmtree(tmp, ignore_errors=True)
-            s.accelerator.unwrap_model(s.model).save_pretrained(tmp)
-            s.processor.save_pretrained(tmp)
-            shutil.rmtree(best, ignore_errors=True)
-            os.replace(tmp, best)
+            with s.output.staged("best") as tmp:
+                s.accelerator.unwrap_model(s.model).save_pretrained(tmp)
+                s.processor.save_pretrained(tmp)
         except write_errors() as exc:
-            shutil.rmtree(tmp, ignore_errors=True)
             raise write_fault(s.out, exc, "best/") from None
 
     def checkpoint(self) -> Path | None:
@@ -298,6 +319,7 @@ class Loop:
                 saved.epoch, saved.batch_in_epoch = saved.epoch + 1, 0
             path = save_checkpoint(s.out, s.accelerator.unwrap_model(s.model), s.optimizer, s.scheduler, saved,
                                    keep=self.cfg.save_total_limit, rng=rng_state())
+            s.output.keep()  # the run is resumable now: a later failure keeps what it wrote
             s.events.checkpoint_saved(str(path), self.state.global_step)
         s.accelerator.wait_for_everyone()
         return path
@@ -331,14 +353,11 @@ class Loop:
         from paligemma_cli.train.plot import plot_loss_curve
 
         s = self.s
-        try:
-            record_written(s.out, ["adapter_config.json", "adapter_model.safetensors", "README.md", "loss.png"])
-            s.accelerator.unwrap_model(s.model).save_pretrained(s.out)
-            s.processor.save_pretrained(s.out)
-            record_written(s.out, [p.name for p in s.out.iterdir()
-                                   if p.name.endswith((".json", ".model")) and "config" in p.name
-                                   or p.name.startswith(("tokenizer", "processor", "special_tokens", "preprocessor"))])
-            plot_loss_curve(self.log_path, s.out / "loss.png")
+        try:  # adapter, processor and loss curve appear together, when all are written
+            with s.output.staged() as tmp:
+                s.accelerator.unwrap_model(s.model).save_pretrained(tmp)
+                s.processor.save_pretrained(tmp)
+                plot_loss_curve(self.log_path, tmp / "loss.png")
         except write_errors() as exc:
             raise write_fault(s.out, exc, "the final adapter") from None
 

@@ -1,9 +1,9 @@
 """Everything `pgm train` builds before its first step, in the order a user's mistakes are cheapest.
 
-What a user can get wrong (output dir, checkpoint, data, model path) is checked before torch,
-accelerate and the model load, in every process, changing nothing. Then torch and accelerate
-start, the images are checked, the output dir is claimed, and the model, loader, optimiser and
-scheduler are built. `prepare` returns them together as a `Session` for the loop.
+`prepare` checks what a user can get wrong (output dir, checkpoint, data, model path) before torch,
+accelerate and the model load, in every process, changing nothing; then torch and accelerate start
+and the images are checked. Once the main process has claimed the output dir (train/loop.py),
+`build` loads the model and makes the loader, optimiser and scheduler: a `Session` for the loop.
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from typing import Any
 from paligemma_cli.config import TrainRun
 from paligemma_cli.errors import PgmError
 from paligemma_cli.events import Events
-from paligemma_cli.outputs import check_output_dir, prepare_output_dir
-from paligemma_cli.train.checkpoint import latest_checkpoint
+from paligemma_cli.outputs import Output, check_output
+from paligemma_cli.train.checkpoint import require_resumable
 
 
 @dataclass
@@ -42,6 +42,7 @@ class Session:
     train_count: int
     trainable_params: int
     total_params: int
+    output: Output | None  # the claimed output dir; None off the main process (only it writes)
     eval_examples: list = field(default_factory=list)
     eval_extra: dict = field(default_factory=dict)
 
@@ -54,35 +55,52 @@ class Session:
         return self.accelerator.num_processes
 
 
-def prepare(run: TrainRun, events: Events) -> Session:
-    """Check, read the data, start accelerate, claim the output dir, build model and loader."""
+@dataclass
+class Inputs:
+    """What `prepare` found before the output dir is claimed: checked data and a started accelerate."""
+
+    run: TrainRun
+    task: Any
+    out: Path
+    events: Events  # silent off the main process
+    accelerator: Any
+    train_examples: list
+    eval_examples: list
+    eval_extra: dict
+
+
+def prepare(run: TrainRun, events: Events) -> Inputs:
+    """Check, read the data, start accelerate and check the images; nothing of the user's changes."""
     from paligemma_cli.tasks import get_task
 
     task = get_task(run.data.task)
     out = Path(run.train.output_dir)
-    check_inputs(run, out)
     # Before torch is imported only the launcher's environment says which process this is; only the
     # first one reports progress.
     early = events if launch_rank() == 0 else Events()
+    check_inputs(run, out, early)
     train_examples, eval_examples, eval_extra = read_data(run, task, early)
     accelerator = start_accelerate(run, early)
     if not accelerator.is_main_process:
         events = Events()
     if not run.data.skip_image_check:  # before the output dir is touched: a bad image changes nothing
         check_images(train_examples + eval_examples, accelerator, events)
-    if accelerator.is_main_process:
-        prepare_output_dir(out, overwrite=run.train.overwrite, resume=run.train.resume)
-    accelerator.wait_for_everyone()
-    processor, model, trainable, total = load_for_training(run, events)
-    return build_session(run, task, out, events, accelerator, processor, model, train_examples,
-                         eval_examples, eval_extra, trainable, total)
+    return Inputs(run, task, out, events, accelerator, train_examples, eval_examples, eval_extra)
 
 
-def check_inputs(run: TrainRun, out: Path) -> None:
-    check_output_dir(out, overwrite=run.train.overwrite, resume=run.train.resume)
-    if run.train.resume and latest_checkpoint(out) is None:
-        raise PgmError(f"--resume: no complete checkpoint in {out / 'checkpoints'}.",
-                       "Drop --resume and pass --overwrite to start over.")
+def build(inputs: Inputs, output: Output | None) -> Session:
+    """Model, loader, optimiser and scheduler, once the output dir is claimed (`output`)."""
+    processor, model, trainable, total = load_for_training(inputs.run, inputs.events)
+    return build_session(inputs, output, processor, model, trainable, total)
+
+
+def check_inputs(run: TrainRun, out: Path, events: Events) -> None:
+    """What a user can get wrong, checked before torch, accelerate and the model load (seconds to
+    minutes), in every process, changing nothing of the user's: output dir and checkpoint."""
+    for note in check_output(out, "train", overwrite=run.train.overwrite, resume=run.train.resume):
+        events.message(note, "warning")  # what a killed run left unfinished, undone
+    if run.train.resume:
+        require_resumable(out)
 
 
 def read_data(run: TrainRun, task, events: Events) -> tuple[list, list, dict]:
@@ -155,14 +173,14 @@ def load_for_training(run: TrainRun, events: Events) -> tuple[Any, Any, int, int
     return processor, model, trainable, total
 
 
-def build_session(run: TrainRun, task, out: Path, events: Events, accelerator, processor, model,
-                  train_examples: list, eval_examples: list, eval_extra: dict, trainable: int,
+def build_session(inputs: Inputs, output: Output | None, processor, model, trainable: int,
                   total: int) -> Session:
     """Loader, optimiser and scheduler around the loaded model, prepared by accelerate."""
     from paligemma_cli.model.batches import TrainCollator, TrainingSet
 
+    run, task, events, accelerator = inputs.run, inputs.task, inputs.events, inputs.accelerator
     cfg = run.train
-    dataset = TrainingSet(task, train_examples, cfg.seed)
+    dataset = TrainingSet(task, inputs.train_examples, cfg.seed)
     collator = TrainCollator(processor, run.data.max_length or task.max_length)
     loader, sampler = train_loader(run, task, dataset, collator, accelerator.num_processes, events)
     optimizer = make_optimizer(run, [p for p in model.parameters() if p.requires_grad])
@@ -170,12 +188,12 @@ def build_session(run: TrainRun, task, out: Path, events: Events, accelerator, p
     batches_per_epoch = len(loader)
     steps_per_epoch = math.ceil(batches_per_epoch / cfg.gradient_accumulation_steps)
     total_steps = cfg.max_steps or max(1, math.ceil(cfg.num_epochs * steps_per_epoch))
-    return Session(run=run, task=task, out=out, events=events, accelerator=accelerator, processor=processor,
-                   model=model, loader=loader, sampler=sampler, optimizer=optimizer,
+    return Session(run=run, task=task, out=inputs.out, events=events, accelerator=accelerator,
+                   processor=processor, model=model, loader=loader, sampler=sampler, optimizer=optimizer,
                    scheduler=make_scheduler(run, optimizer, total_steps), total_steps=total_steps,
-                   batches_per_epoch=batches_per_epoch, train_count=len(train_examples),
-                   trainable_params=trainable, total_params=total, eval_examples=eval_examples,
-                   eval_extra=eval_extra)
+                   batches_per_epoch=batches_per_epoch, train_count=len(inputs.train_examples),
+                   trainable_params=trainable, total_params=total, output=output,
+                   eval_examples=inputs.eval_examples, eval_extra=inputs.eval_extra)
 
 
 def train_loader(run: TrainRun, task, dataset, collator, processes: int, events: Events):

@@ -18,23 +18,16 @@ from paligemma_cli.errors import PgmError
 LOG_FILE = "train_log.jsonl"
 
 
-def write_json(path: Path, obj: Any) -> None:
-    """Write `obj` as JSON through a temp file, so a crash never leaves half a file."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=str))
-    tmp.replace(path)
-
-
 def append_log(path: Path, record: dict[str, Any]) -> None:
     with open(path, "a") as fh:
         fh.write(json.dumps(record) + "\n")
 
 
-def truncate_log(path: Path, step: int) -> None:
-    """Keep the log lines up to `step`: later ones were written after the checkpoint a resume starts
+def log_up_to(path: Path, step: int) -> str:
+    """The log's lines up to `step`: later ones were written after the checkpoint a resume starts
     from and will be logged again (a line torn by a crash is dropped too)."""
     if not path.exists():
-        return
+        return ""
     kept = []
     for line in path.read_text().splitlines():
         try:
@@ -43,9 +36,7 @@ def truncate_log(path: Path, step: int) -> None:
             continue
         if isinstance(record, dict) and record.get("step", 0) <= step:
             kept.append(line + "\n")
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(kept))
-    tmp.replace(path)
+    return "".join(kept)
 
 
 @dataclass

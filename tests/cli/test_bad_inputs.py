@@ -83,10 +83,23 @@ class Inputs:
             self.cleanups.append(lambda: path.chmod(0o755))
         return path
 
-    def previous_run(self, name: str, kind: str = "train", **files: str) -> Path:
-        """A folder a previous pgm run wrote (its marker lists its files)."""
+    def busy(self, name: str, kind: str) -> Path:
+        """A folder another pgm process is writing right now (it holds the lock until the case ends)."""
+        path = self.tmp / name
+        holder = subprocess.Popen(
+            [sys.executable, "-c", "import sys, time\nfrom paligemma_cli.outputs import claim_output\n"
+             f"with claim_output(sys.argv[1], {kind!r}):\n    print('ready', flush=True)\n    time.sleep(300)\n",
+             str(path)], stdout=subprocess.PIPE, text=True)
+        self.cleanups.append(lambda: (holder.kill(), holder.wait()))
+        assert holder.stdout.readline().strip() == "ready"
+        return path
+
+    def previous_run(self, name: str, kind: str = "train", folders: tuple[str, ...] = (), **files: str) -> Path:
+        """A folder a previous pgm run wrote (its marker lists its files and `folders`)."""
         path = self.folder(name, **files)
-        written = [f.replace("__", ".") for f in files]
+        for folder in folders:
+            (path / folder).mkdir()
+        written = [f.replace("__", ".") for f in files] + list(folders)
         (path / ".pgm-run.json").write_text(json.dumps({"tool": "pgm", "kind": kind, "written": written}))
         return path
 
@@ -113,6 +126,11 @@ def train(i: Inputs, *args, data: Path | None = None, out: str | Path = "out") -
 @case("train: unknown task")
 def _(i):
     return Case(["train", "vqa3", "--data-root", i.data()], ["Unknown task 'vqa3'", "Supported: coco, docvqa, gqa, vqav2"])
+
+
+@case("train: --data-root with markup characters, missing")
+def _(i):
+    return Case(train(i, data=i.tmp / "[bold]data"), ["[bold]data", "is not a folder"])
 
 
 @case("train: --data-root missing")
@@ -235,6 +253,52 @@ def _(i):
     return Case(train(i, "--lora-dropout", "1.5"), ["--lora-dropout must be <= 0.99 (got 1.5)", "--help"])
 
 
+@case("train: --learning-rate nan")
+def _(i):
+    return Case(train(i, "--learning-rate", "nan"), ["--learning-rate must be a finite number (got nan)", "--help"])
+
+
+@case("train: --weight-decay nan")
+def _(i):
+    return Case(train(i, "--weight-decay", "nan"), ["--weight-decay must be a finite number (got nan)"])
+
+
+@case("train: --warmup-ratio nan")
+def _(i):
+    return Case(train(i, "--warmup-ratio", "nan"), ["--warmup-ratio must be a finite number (got nan)"])
+
+
+@case("train: --num-epochs nan")
+def _(i):
+    return Case(train(i, "--num-epochs", "nan"), ["--num-epochs must be a finite number (got nan)"])
+
+
+@case("train: --num-epochs inf")
+def _(i):
+    return Case(train(i, "--num-epochs", "inf"), ["--num-epochs must be a finite number (got inf)"])
+
+
+@case("train: --lora-dropout nan")
+def _(i):
+    return Case(train(i, "--lora-dropout", "nan"), ["--lora-dropout must be a finite number (got nan)"])
+
+
+@case("train: --max-grad-norm nan")
+def _(i):
+    return Case(train(i, "--max-grad-norm", "nan"), ["--max-grad-norm must be a finite number (got nan)"])
+
+
+@case("train: --lora-alpha inf")
+def _(i):
+    return Case(train(i, "--lora-alpha", "inf"), ["--lora-alpha must be a finite number (got inf)"])
+
+
+@case("train: --config value nan")
+def _(i):
+    f = i.file("run.yaml", "learning_rate: .nan\n")
+    return Case(train(i, "--config", f), ["--learning-rate must be a finite number (got nan)"])
+
+
 @case("train: --lora-targets unknown part")
 def _(i):
     return Case(train(i, "--lora-targets", "language,decoder"),
@@ -285,13 +349,26 @@ def _(i):
 @case("train: output dir holds foreign files")
 def _(i):
     i.folder("out", notes__txt="mine")
-    return Case(train(i), ["--output-dir", "already holds files pgm did not write", "--overwrite"])
+    return Case(train(i), ["--output-dir", "holds notes.txt, which pgm did not write", "move it away"])
 
 
-@case("train: --overwrite would replace a foreign file")
+@case("train: --overwrite of a folder with a foreign file")
 def _(i):
     i.folder("out", README__md="my notes")
-    return Case(train(i, "--overwrite"), ["README.md", "pgm did not write and would overwrite", "Move those files"])
+    return Case(train(i, "--overwrite"), ["README.md, which pgm did not write", "--overwrite replaces only what pgm wrote"])
+
+
+@case("train: --overwrite of a previous run beside a foreign file")
+def _(i):
+    out = i.previous_run("out", adapter_model__safetensors="w", run_config__json="{}")
+    (out / "notes.txt").write_text("my notes on this run")
+    return Case(train(i, "--overwrite"), ["holds notes.txt, which pgm did not write", "move it away"])
+
+
+@case("train: output dir in use by another pgm run")
+def _(i):
+    i.busy("out", "train")
+    return Case(train(i), ["--output-dir", "is in use: pgm train (process", "Wait for it to finish"])
 
 
 @case("train: output dir holds a previous run")
@@ -316,10 +393,20 @@ def _(i):
     return Case(train(i, "--resume"), ["--resume", "holds no pgm run to resume", "Drop --resume"])
 
 
+@case("train: --resume when the only checkpoint is truncated")
+def _(i):
+    out = i.previous_run("out", folders=("checkpoints",), run_config__json="{}", train_log__jsonl="")
+    step = out / "checkpoints" / "step-00000004"
+    step.mkdir()
+    (step / "trainer_state.json").write_text(json.dumps({"global_step": 4}))
+    (step / "adapter_model.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{\"a\": ")  # cut short
+    return Case(train(i, "--resume"), ["no complete checkpoint", "step-00000004: adapter_model.safetensors is truncated",
+                                       "--overwrite"])
+
+
 @case("train: --resume without a complete checkpoint")
 def _(i):
-    out = i.previous_run("out", run_config__json="{}", train_log__jsonl="")
-    (out / "checkpoints").mkdir()
+    out = i.previous_run("out", folders=("checkpoints",), run_config__json="{}", train_log__jsonl="")
     (out / "checkpoints" / ".tmp-step-00000004").mkdir()  # a crash mid-save left only this
     return Case(train(i, "--resume"), ["--resume: no complete checkpoint", "checkpoints", "--overwrite"])
 
@@ -381,6 +468,60 @@ def _(i):
                 ["--adapter", "has no adapter_config.json", "checkpoint"])
 
 
+@case("eval: --predictions with markup characters, missing")
+def _(i):
+    return Case(evaluate(i, "--predictions", i.tmp / "[red]results[/].json"), ["[red]results[/].json", "Cannot read"])
+
+
+@case("eval: --predictions id that is not an exact id")
+def _(i):
+    f = i.file("results.json", json.dumps([{"question_id": 10010.5, "answer": "red"}]))
+    return Case(evaluate(i, "--predictions", f), ["(first: 10010.5)", "Check --task and --split"])
+
+
+@case("eval: output dir holds foreign files, --overwrite")
+def _(i):
+    i.folder("eval", report__md="mine")
+    f = i.file("p.json", json.dumps([{"question_id": 10, "answer": "red"}]))
+    return Case(evaluate(i, "--predictions", f, "--overwrite"), ["holds report.md, which pgm did not write"])
+
+
+@case("eval: output dir in use by another pgm eval")
+def _(i):
+    i.busy("eval", "eval")
+    f = i.file("p.json", json.dumps([{"question_id": 10, "answer": "red"}]))
+    return Case(evaluate(i, "--predictions", f), ["is in use: pgm eval (process", "Wait for it"])
+
+
+@case("eval: output dir read-only")
+def _(i):
+    f = i.file("p.json", json.dumps([{"question_id": 10, "answer": "red"}]))
+    args = evaluate(i, "--predictions", f)
+    args[args.index(i.tmp / "eval")] = i.read_only("eval")
+    return Case(args, ["--output-dir", "is not writable", "Choose a folder"])
+
+
+@case("eval: --submission is a folder")
+def _(i):
+    f = i.file("p.json", json.dumps([{"question_id": 10, "answer": "red"}]))
+    return Case(evaluate(i, "--predictions", f, "--submission", i.folder("sub")), ["--submission", "is a folder"])
+
+
+@case("eval: output dir holds a pgm train run")
+def _(i):
+    i.previous_run("eval", kind="train", adapter_model__safetensors="w", run_config__json="{}")
+    f = i.file("p.json", json.dumps([{"question_id": 10, "answer": "red"}]))
+    return Case(evaluate(i, "--predictions", f), ["holds a previous pgm train",
+                                                  "--overwrite would replace that pgm train with this eval"])
+
+
+@case("eval: --submission in a folder inside the output dir")
+def _(i):
+    f = i.file("p.json", json.dumps([{"question_id": 10, "answer": "red"}]))
+    return Case(evaluate(i, "--predictions", f, "--submission", i.tmp / "eval" / "server" / "sub.json"),
+                ["--submission", "is in a folder inside --output-dir", "directly in --output-dir"])
+
+
 @case("eval: output dir holds a previous evaluation")
 def _(i):
     i.previous_run("eval", kind="eval", metrics__json="{}", predictions__jsonl="")
@@ -398,7 +539,14 @@ def _(i):
 @case("data synth: folder not empty")
 def _(i):
     i.folder("s", keep__txt="mine")
-    return Case(["data", "synth", "vqav2", i.tmp / "s", "-n", "2"], ["is not empty", "--overwrite"])
+    return Case(["data", "synth", "vqav2", i.tmp / "s", "-n", "2"], ["holds keep.txt, which pgm did not write"])
+
+
+@case("data synth: folder not empty, --overwrite")
+def _(i):
+    i.folder("s", keep__txt="mine")
+    return Case(["data", "synth", "vqav2", i.tmp / "s", "-n", "2", "--overwrite"],
+                ["holds keep.txt, which pgm did not write", "--overwrite replaces only what pgm wrote"])
 
 
 @case("data synth: folder is a file")
@@ -408,7 +556,7 @@ def _(i):
 
 @case("data synth: folder read-only")
 def _(i):
-    return Case(["data", "synth", "vqav2", i.read_only("s"), "-n", "2"], ["Cannot write", "Choose a folder"])
+    return Case(["data", "synth", "vqav2", i.read_only("s"), "-n", "2"], ["is not writable", "Choose a folder"])
 
 
 @case("data synth: --num-examples zero")
@@ -458,6 +606,55 @@ def _(i):
                 ["--density must be in (0, 1] (got 1.5)", "pgm merge --help"])
 
 
+@case("merge: --weight nan")
+def _(i):
+    return Case(["merge", "--base-model", "tiny", *adapters(i), "-o", i.tmp / "m", "--weight", "nan", "--weight", "1"],
+                ["--weight must be a finite number (got nan)", "pgm merge --help"])
+
+
+@case("merge: --lambda nan")
+def _(i):
+    return Case(["merge", "ties", "--base-model", "tiny", *adapters(i), "-o", i.tmp / "m", "--lambda", "nan"],
+                ["--lambda must be a finite number (got nan)"])
+
+
+@case("merge: --lambda inf")
+def _(i):
+    return Case(["merge", "ties", "--base-model", "tiny", *adapters(i), "-o", i.tmp / "m", "--lambda", "inf"],
+                ["--lambda must be a finite number (got inf)"])
+
+
+@case("merge: --density nan")
+def _(i):
+    return Case(["merge", "--base-model", "tiny", *adapters(i), "-o", i.tmp / "m", "--density", "nan"],
+                ["--density must be a finite number (got nan)"])
+
+
+@case("merge: --output is a file")
+def _(i):
+    return Case(["merge", "--base-model", "tiny", *adapters(i), "-o", i.file("merged", "mine"), "--overwrite"],
+                ["--output", "merged is a file", "folder path"])
+
+
+@case("merge: --output holds foreign files, --overwrite")
+def _(i):
+    out = i.folder("merged", notes__md="mine")
+    return Case(["merge", "--base-model", "tiny", *adapters(i), "-o", out, "--overwrite"],
+                ["--output", "holds notes.md, which pgm did not write"])
+
+
+@case("merge: --output read-only")
+def _(i):
+    return Case(["merge", "--base-model", "tiny", *adapters(i), "-o", i.read_only("merged")],
+                ["--output", "is not writable", "Choose a folder"])
+
+
+@case("merge: --output in use by another pgm merge")
+def _(i):
+    return Case(["merge", "--base-model", "tiny", *adapters(i), "-o", i.busy("merged", "merge")],
+                ["--output", "is in use: pgm merge (process", "Wait for it"])
+
+
 def val_image(i: Inputs) -> Path:
     return sorted((i.data() / "val2014").iterdir())[0]
 
@@ -483,6 +680,22 @@ def _(i):
 def _(i):
     return Case(["predict", *TINY, val_image(i), "-o", i.file("answers.jsonl", "mine\n")],
                 ["--output", "answers.jsonl already exists", "--overwrite"])
+
+
+@case("predict: --output --overwrite of a file pgm did not write")
+def _(i):
+    return Case(["predict", *TINY, val_image(i), "-o", i.file("answers.jsonl", "mine\n"), "--overwrite"],
+                ["--output", "answers.jsonl was not written by pgm", "never overwrites"])
+
+
+@case("doctor: --timeout nan")
+def _(i):
+    return Case(["doctor", "--timeout", "nan"], ["--timeout", "doctor -h' for help"], usage=True)
+
+
+@case("doctor: --timeout inf")
+def _(i):
+    return Case(["doctor", "--timeout", "inf"], ["--timeout must be a finite number of seconds (got inf)", "--timeout 5"])
 
 
 @case("doctor: --error file missing")

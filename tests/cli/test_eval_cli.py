@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import threading
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -71,7 +74,8 @@ def test_eval_writes_both_files_and_rescoring_them_gives_the_same_metrics(
                  "--max-eval-samples", 8, "--batch-size", 4, "-o", out)
     assert result.exit_code == 0, result.output
     metrics, rows = read_outputs(out)
-    assert (metrics["task"], metrics["source"], metrics["examples"], metrics["predictions"]) == (task_name, "tiny", 8, 8)
+    assert (metrics["task"], metrics["source"], metrics["examples"], metrics["predictions_scored"],
+            metrics["predictions_read"]) == (task_name, "tiny", 8, 8, 8)
     assert list(metrics["metrics"])[:len(HEADLINE[task_name])] == HEADLINE[task_name]
     assert "Wrote" in result.output and task.title.split()[0] in result.output  # the results table
     for row in rows:
@@ -169,7 +173,7 @@ def test_missing_ids_are_counted_scored_wrong_and_exit_zero(gqa):
     assert metrics["metrics"]["accuracy"] == pytest.approx(100 * 12 / n)
     assert f"{n - 12} of {n} examples have no prediction" in flat(result) and "scored as wrong" in flat(result)
     assert any("scored as wrong" in note for note in metrics["notes"])
-    assert (metrics["examples"], metrics["predictions"]) == (n, 12)
+    assert (metrics["examples"], metrics["predictions_scored"], metrics["predictions_read"]) == (n, 12, 12)
 
 
 def test_some_unknown_ids_are_reported_and_ignored(gqa):
@@ -203,3 +207,121 @@ def test_predictions_and_adapter_exclude_each_other(gqa, tmp_path):
     result = pgm("eval", "--task", "gqa", "--predictions", gqa.file, "--adapter", tmp_path,
                  "--data-root", gqa.root, "-o", gqa.out)
     assert_one_line_error(result, "--predictions and --adapter")
+
+
+def _disk_full_half_way(monkeypatch):
+    """The write call fails as on a full disk, after writing half the bytes (a real partial file)."""
+    real = Path.write_bytes
+
+    def write_bytes(self, data):
+        real(self, bytes(data)[: len(data) // 2])
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self))
+
+    monkeypatch.setattr(Path, "write_bytes", write_bytes)
+
+
+def test_a_full_disk_is_one_line_and_a_rerun_is_not_refused(gqa, monkeypatch):
+    assert score_file(gqa, gqa.perfect).exit_code == 0
+    earlier = {p.name: p.read_bytes() for p in gqa.out.iterdir()}
+    _disk_full_half_way(monkeypatch)
+    result = pgm("eval", "--task", "gqa", "--predictions", gqa.file, "--data-root", gqa.root, "-o", gqa.out,
+                 "--overwrite")
+    assert_one_line_error(result, f"Writing {gqa.out / 'predictions.jsonl'} failed: No space left on device "
+                                  "(it needs ", "nothing half-written was left")
+    assert {p.name: p.read_bytes() for p in gqa.out.iterdir()} == earlier  # the earlier evaluation, intact
+    fresh = gqa.out.parent / "fresh"
+    assert_one_line_error(pgm("eval", "--task", "gqa", "--predictions", gqa.file, "--data-root", gqa.root,
+                              "-o", fresh), "No space left on device")
+    assert not fresh.exists()  # no truncated predictions.jsonl to make the rerun refuse
+    monkeypatch.undo()
+    result = pgm("eval", "--task", "gqa", "--predictions", gqa.file, "--data-root", gqa.root, "-o", fresh)
+    assert result.exit_code == 0, result.output
+
+
+def test_paths_and_notes_are_printed_verbatim(gqa, tmp_path):
+    out = tmp_path / "[bold]out[/]"
+    result = pgm("eval", "--task", "gqa", "--predictions", gqa.file.parent / "[red]missing.json", "--data-root",
+                 gqa.root, "-o", out)
+    assert_one_line_error(result, "[red]missing.json")
+    gqa.file.write_text(json.dumps(gqa.perfect[:1] + [{"questionId": "[b]nope[/b]", "prediction": "x"}]))
+    result = pgm("eval", "--task", "gqa", "--predictions", gqa.file, "--data-root", gqa.root, "-o", out,
+                 "--submission", out / "[i]sub.json")
+    assert result.exit_code == 0, result.output
+    text = flat(result)
+    assert "'[b]nope[/b]'" in text and f"Wrote {out / 'predictions.jsonl'}" in text and "[i]sub.json" in text
+
+
+def test_a_results_file_with_other_keys_is_named_verbatim(gqa):
+    # The keys are user text: printed as they are, not read as console markup ("[results]" is
+    # also a valid markup tag, which used to vanish from the line).
+    result = score_file(gqa, [{"results": [{"questionId": "a", "prediction": "x"}]}])
+    assert_one_line_error(result, "item 1", "Got keys [results]; is --task right?")
+    result = score_file(gqa, text='{"[bold]questionId": "a", "prediction": "x"}\n')
+    assert_one_line_error(result, "line 1", "Got keys [[bold]questionId, prediction]; is --task right?")
+
+
+def test_metric_tables_show_names_verbatim_and_summarise_long_breakdowns(capsys):
+    from paligemma_cli.cli.eval import BREAKDOWN_ROWS, show_metrics
+
+    many = {f"[b]type {i}": float(i) for i in range(BREAKDOWN_ROWS + 1)}
+    show_metrics("[red]VQAv2", {"accuracy": 50.0, "per_answer_type": {"[i]yes/no": 25.0}, "per_question_type": many})
+    out = capsys.readouterr().out
+    assert "[red]VQAv2" in out and "per_answer_type/[i]yes/no" in out and "25.0000" in out
+    assert f"per_question_type │ {BREAKDOWN_ROWS + 1} types (--breakdown)" in " ".join(out.split())
+    assert "[b]type 0" not in out
+    show_metrics("VQAv2", {"per_question_type": many}, breakdown=True)
+    out = capsys.readouterr().out
+    assert all(f"per_question_type/{name}" in out for name in many)
+
+
+def _docvqa_files(root, entries):
+    """A DocVQA-format annotation file (no images: scoring a results file never opens one)."""
+    data = [{"questionId": i, "question": f"q{i}", "image": f"documents/d{i}.png", "docId": i, **entry}
+            for i, entry in enumerate(entries, 1)]
+    (root / "val").mkdir(parents=True)
+    (root / "val" / "val_v1.0.json").write_text(json.dumps({"dataset_name": "docvqa", "data": data}))
+
+
+def test_docvqa_scores_as_the_rrc_server_by_default_and_the_paper_on_request(tmp_path):
+    # The issue's worked cases: 0.5 and 0.8 on the server, 0 in the paper; one exact answer.
+    entries = [{"answers": ["ln"], "question_types": ["form"], "answer_type": ["image span"]},
+               {"answers": ["qt"], "question_types": ["form", "layout"], "answer_type": ["image span"],
+                "evidence": ["textual"], "operation/reasoning": ["counting"]},
+               {"answers": ["abc", "x"], "question_types": ["layout"], "answer_type": ["non span"]}]
+    _docvqa_files(tmp_path / "docvqa", entries)
+    results = tmp_path / "results.json"
+    results.write_text(json.dumps([{"questionId": 1, "answer": "sn"}, {"questionId": 2, "answer": " yt  "},
+                                   {"questionId": 3, "answer": "ABC"}]))
+    server = pgm("eval", "--task", "docvqa", "--predictions", results, "--data-root", tmp_path / "docvqa",
+                 "-o", tmp_path / "rrc")
+    assert server.exit_code == 0, server.output
+    metrics = read_outputs(tmp_path / "rrc")[0]["metrics"]
+    expected = {"anls": (0.5 + 0.8 + 1) / 3, "per_question_type": {"form": 0.65, "layout": 0.9},
+                "per_answer_type": {"image span": 0.65, "non span": 1.0}, "per_evidence_type": {"textual": 0.8},
+                "per_operation_type": {"counting": 0.8}}
+    assert list(metrics) == list(expected) and metrics["anls"] == pytest.approx(expected.pop("anls"))
+    assert all(metrics[name] == pytest.approx(means) for name, means in expected.items())
+    assert "per_question_type/layout" in server.output
+
+    paper = pgm("eval", "--task", "docvqa", "--predictions", results, "--data-root", tmp_path / "docvqa",
+                "-o", tmp_path / "paper", "--anls-variant", "paper")
+    assert paper.exit_code == 0, paper.output
+    metrics = read_outputs(tmp_path / "paper")[0]["metrics"]
+    assert "anls" not in metrics and metrics["anls_paper"] == pytest.approx(1 / 3)
+    assert metrics["per_question_type"] == pytest.approx({"form": 0.0, "layout": 0.5})
+    assert "anls_paper" in paper.output
+
+
+def test_vqav2_reports_accuracy_per_question_type(synthetic_data, tmp_path):
+    root = synthetic_data("vqav2")
+    task = get_task("vqav2")
+    examples = task.load_official(root, "val2014")
+    results = tmp_path / "results.json"
+    # Right on the colour questions ("what ..."), wrong on the count questions ("how ...").
+    answers = [ex.answers[0] if ex.meta["question"].startswith("what") else "wrong" for ex in examples]
+    results.write_text(json.dumps([{"question_id": ex.id, "answer": a} for ex, a in zip(examples, answers)]))
+    result = pgm("eval", "--task", "vqav2", "--predictions", results, "--data-root", root, "-o", tmp_path / "out")
+    assert result.exit_code == 0, result.output
+    metrics = read_outputs(tmp_path / "out")[0]["metrics"]
+    assert metrics["per_question_type"] == {"what": 100.0, "how": 0.0}
+    assert "per_question_type/how" in result.output

@@ -119,14 +119,34 @@ def test_adapter_for_another_base_is_one_line(adapter, synthetic_data, tmp_path)
                    "q_proj.lora_A is [4, 96], the model's [4, 64]", "Pass --model-path google/paligemma2-3b-pt-224")
 
 
-def test_output_is_not_replaced_without_overwrite(synthetic_data, tmp_path):
+def test_output_replaces_only_a_file_pgm_wrote(synthetic_data, tmp_path):
     image = sorted((synthetic_data("vqav2", 4) / "val2014").iterdir())[0]
     out = tmp_path / "answers.jsonl"
     out.write_text("mine\n")
     one_error_line(pgm("predict", "--model-path", "tiny", image, "-o", out),
                    "--output", "already exists", "--overwrite")
+    one_error_line(pgm("predict", "--model-path", "tiny", image, "-o", out, "--overwrite"),
+                   "--output", "answers.jsonl was not written by pgm", "never overwrites")
     assert out.read_text() == "mine\n"
-    result = pgm("predict", "--model-path", "tiny", image, "-o", out, "--overwrite")
+
+    out.unlink()
+    result = pgm("predict", "--model-path", "tiny", image, "-o", out)
     assert result.exit_code == 0, result.output
     assert json_lines(out.read_text())[0]["image"] == str(image)
     assert f"Wrote 1 answer to {out}" in " ".join(result.output.split())
+    first = out.read_text()
+    result = pgm("predict", "--model-path", "tiny", image, "-o", out, "--overwrite", "--strip-special")
+    assert result.exit_code == 0, result.output  # pgm wrote it: --overwrite replaces it
+    assert not [p.name for p in tmp_path.iterdir() if p.name != "answers.jsonl"]  # no lock or temp left
+    kept = out.read_bytes()
+    from tests.cli.test_eval_cli import _disk_full_half_way
+
+    with pytest.MonkeyPatch.context() as patch:
+        _disk_full_half_way(patch)
+        one_error_line(pgm("predict", "--model-path", "tiny", image, "-o", out, "--overwrite"),
+                       f"Writing {out} failed: No space left on device (it needs ")
+    assert out.read_bytes() == kept and sorted(p.name for p in tmp_path.iterdir()) == ["answers.jsonl"]
+    out.write_text(first + "my note\n")  # changed since pgm wrote it: the user's now
+    one_error_line(pgm("predict", "--model-path", "tiny", image, "-o", out, "--overwrite"),
+                   "was not written by pgm (or was changed since)")
+    assert out.read_text().endswith("my note\n")

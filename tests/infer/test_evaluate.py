@@ -10,9 +10,10 @@ import torch
 from paligemma_cli.config import DataConfig, ModelConfig
 from paligemma_cli.tasks.sources import load_examples
 from paligemma_cli.infer.evaluate import (check_prediction_ids, evaluate_model, read_predictions, score,
-                                           write_eval_outputs)
+                                           submission_bytes, write_eval_outputs)
 from paligemma_cli.events import Events
 from paligemma_cli.errors import PgmError
+from paligemma_cli.outputs import claim_output, read_marker
 from paligemma_cli.tasks import Example, get_task
 
 LONG_QUESTION = ("answer en is the small shape on the left of the big one in the top corner of the picture "
@@ -141,7 +142,7 @@ def _write(path, text):
 
 def test_json_list_and_json_lines_read_the_same(tmp_path):
     task = get_task("vqav2")
-    records = [{"question_id": 11, "answer": "red"}, {"question_id": "12", "answer": 2,
+    records = [{"question_id": 11, "answer": "red"}, {"question_id": "12", "answer": "2",
                                                       "prompt": "p", "references": ["2"], "score": 1.0}]
     as_list = _write(tmp_path / "a.json", json.dumps(records, indent=2))
     as_lines = _write(tmp_path / "a.jsonl", "\n".join(json.dumps(r) for r in records) + "\n\n")
@@ -158,6 +159,10 @@ def test_json_list_and_json_lines_read_the_same(tmp_path):
     ('[{"questionId": "a", "prediction": "x"}, {"questionId": "b", "answer": "y"}]',
      ["item 2", '"prediction"', "docvqa format"]),
     ('{"questionId": "a", "prediction": null}\n', ["line 1", '"prediction" must be a string']),
+    # A number is not its text: vqaEval.py and the RRC script stop on one, GQA's eval.py counts it wrong.
+    ('{"questionId": "a", "prediction": "2"}\n{"questionId": "b", "prediction": 2}\n',
+     ["line 2", '"prediction" must be a string (got 2)', 'as a JSON string (e.g. "2")']),
+    ('[{"questionId": "a", "prediction": 2.5}]', ["item 1", "(got 2.5)"]),
     ('["yes", "no"]', ["item 1", "not an object"]),
     ('{\n  "a": "yes",\n  "b": "no"\n}\n', ["line 1", "Got keys [a, b]"]),
     ("\n\n", ["holds no predictions"]),
@@ -179,6 +184,20 @@ def test_unreadable_results_file(tmp_path):
         read_predictions(get_task("gqa"), path)
     with pytest.raises(PgmError, match="Cannot read"):
         read_predictions(get_task("gqa"), tmp_path / "absent.json")
+
+
+@pytest.mark.parametrize("fmt", ["list", "lines"])
+def test_ids_are_converted_only_exactly(tmp_path, fmt):
+    """A float id such as 10010.5 is not question 10010: it stays as written and is reported."""
+    records = [{"question_id": 10010.5, "answer": "a"}, {"question_id": 10011.0, "answer": "b"},
+               {"question_id": "10012", "answer": "c"}, {"question_id": 10013, "answer": "d"}]
+    text = json.dumps(records) if fmt == "list" else "\n".join(map(json.dumps, records))
+    predictions, _ = read_predictions(get_task("vqav2"), _write(tmp_path / "r.json", text))
+    assert predictions == {10010.5: "a", 10011: "b", 10012: "c", 10013: "d"}
+    assert 10010 not in predictions
+    examples = [Example(id=10010, image=tmp_path / "x.jpg", prefix="p", answers=["a"])]
+    with pytest.raises(PgmError, match=r"first: 10010\.5"):
+        check_prediction_ids({10010.5: "a"}, examples, {}, "f")
 
 
 def test_repeated_ids_are_noted(tmp_path):
@@ -221,7 +240,11 @@ def test_gqa_metrics_json_has_the_official_keys_first(synthetic_data):
     truth = {ex.id: ex.answers[0] for ex in examples}
     result = score(task, truth, examples, extra)
     assert list(result.metrics) == ["accuracy", "binary", "open", "consistency", "validity", "plausibility",
-                                    "distribution", "per_structural_type", "per_semantic_type"]
+                                    "distribution", "per_structural_type", "per_semantic_type", "per_steps_number",
+                                    "per_words_number"]
+    # Synthetic programs: select + query color, select + verify color: two steps each.
+    assert result.metrics["per_steps_number"] == {2: 100.0}
+    assert set(result.metrics["per_words_number"]) == {4, 5}  # "what color is the shape?", "is the shape red?"
     assert result.metrics["accuracy"] == result.metrics["consistency"] == result.metrics["validity"] == 100.0
     # The synthetic questions carry no global answer group: distribution says why it is missing.
     assert result.metrics["distribution"] is None and "groups.global" in result.unavailable["distribution"]
@@ -234,9 +257,12 @@ def test_gqa_metrics_json_has_the_official_keys_first(synthetic_data):
     assert result.metrics["validity"] is None and "choices" in result.unavailable["plausibility"]
     assert any("entailed questions are not in the scored question set" in n for n in result.notes)
 
-    # Official questions not on disk (hub / JSONL source): no binary split, no consistency.
+    # Official questions not on disk (hub / JSONL source): no binary split, no consistency, no
+    # programs; the question texts still give the words numbers.
     result = score(task, truth, examples, {})
     assert result.metrics["binary"] is None and result.metrics["consistency"] is None
+    assert result.metrics["per_steps_number"] is None and "per_steps_number" in result.unavailable
+    assert set(result.metrics["per_words_number"]) == {4, 5}
     assert result.metrics["accuracy"] == 100.0
 
 
@@ -256,16 +282,17 @@ def test_outputs_and_the_submission_format(tmp_path):
 
     rows = [{"image_id": 7, "caption": "a cat", "prompt": "caption en", "references": ["a cat"], "score": 1.5}]
     result = EvalResult({"CIDEr": 1.5, "SPICE": None, "odd": float("nan")}, rows, ["a note"],
-                        {"SPICE": "install CoreNLP"}, examples=2)
-    submission = tmp_path / "server" / "captions_val2014_pgm_results.json"
-    written = write_eval_outputs(tmp_path / "out", task, result, info={"split": "val2017", "source": "x"},
-                                 submission=submission)
-    assert [p.name for p in written] == ["predictions.jsonl", "metrics.json", submission.name]
-    assert json.loads(submission.read_text()) == [{"image_id": 7, "caption": "a cat"}]
+                        {"SPICE": "install CoreNLP"}, examples=2, predictions_read=3)
+    with claim_output(tmp_path / "out", "eval") as output:
+        written = write_eval_outputs(output, task, result, info={"split": "val2017", "source": "x"})
+    assert [p.name for p in written] == ["predictions.jsonl", "metrics.json"]
+    assert json.loads(submission_bytes(task, result)) == [{"image_id": 7, "caption": "a cat"}]
+    assert read_marker(tmp_path / "out")["written"] == ["predictions.jsonl", "metrics.json"]
     metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert metrics["metrics"] == {"CIDEr": 1.5, "SPICE": None, "odd": None}
     assert metrics["unavailable"] == {"SPICE": "install CoreNLP"}
-    assert (metrics["examples"], metrics["predictions"], metrics["notes"]) == (2, 1, ["a note"])
+    assert (metrics["examples"], metrics["predictions_scored"], metrics["predictions_read"], metrics["notes"]) == \
+        (2, 1, 3, ["a note"])
     assert json.loads((tmp_path / "out" / "predictions.jsonl").read_text()) == rows[0]
 
 
@@ -308,6 +335,6 @@ def test_eval_steps_logs_the_metric_and_keeps_the_best_adapter(tmp_path, synthet
     assert all(torch.equal(best[k], adapters[30.0][k]) for k in best)
     assert not all(torch.equal(best[k], adapters[20.0][k]) for k in best)  # not simply the last one
     assert (out / "best" / "processor_config.json").exists()
-    assert not (out / ".tmp-best").exists()  # swapped into place, nothing half-written left
+    assert sorted(p.name for p in out.iterdir() if p.name.startswith(".")) == [".pgm-run.json"]  # nothing staged left
     logged = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
     assert [(r["step"], r["eval"]["accuracy"]) for r in logged if "eval" in r] == [(1, 10.0), (2, 30.0), (3, 20.0)]

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import shutil
 
 import pytest
@@ -27,7 +29,7 @@ def assert_one_line_error(result, text, out, *needles):
     for needle in needles:
         assert needle in lines[0], lines[0]
     assert not out.exists()
-    assert not [p for p in out.parent.iterdir() if ".pgm-tmp" in p.name]
+    assert not [p for p in out.parent.iterdir() if ".pgm-" in p.name]
 
 
 @pytest.fixture
@@ -61,17 +63,30 @@ def test_fewer_than_two_models(merge_inputs, tmp_path):
                                   "--output", out), out, "at least two models (got 1)")
 
 
-def test_existing_output_is_refused_unless_overwrite(two, tmp_path):
+def test_overwrite_replaces_only_an_earlier_pgm_merge(two, tmp_path):
     out = tmp_path / "m"
     out.mkdir()
     (out / "keep.txt").write_text("mine")
-    result, text = invoke(*two, "--output", out)
-    assert result.exit_code == 1 and "already exists" in text and "--overwrite" in text
-    assert (out / "keep.txt").read_text() == "mine"
-    result, text = invoke(*two, "--output", out, "--overwrite", "--mode", "dare_ties", "--seed", "3")
+    for extra in ([], ["--overwrite"]):  # the user's folder is refused either way, and left alone
+        result, text = invoke(*two, "--output", out, *extra)
+        assert result.exit_code == 1 and "keep.txt, which pgm did not write" in text, text
+    assert sorted(p.name for p in out.iterdir()) == ["keep.txt"]
+
+    result, text = invoke(*two, "--output", tmp_path / "new")
     assert result.exit_code == 0, text
-    assert "conflicts" in text and not (out / "keep.txt").exists()
-    assert (out / "model.safetensors").exists()
+    before = folder_bytes(tmp_path / "new")
+    result, text = invoke(*two, "--output", tmp_path / "new", "--mode", "dare_ties", "--seed", "3")
+    assert result.exit_code == 1 and "holds a previous pgm merge" in text and "--overwrite" in text
+    assert folder_bytes(tmp_path / "new") == before
+    result, text = invoke(*two, "--output", tmp_path / "new", "--overwrite", "--mode", "dare_ties", "--seed", "3")
+    assert result.exit_code == 0, text
+    assert "conflicts" in text and json.loads((tmp_path / "new" / "pgm_merge.json").read_text())["mode"] == "dare_ties"
+    assert not [p for p in (tmp_path / "new").iterdir() if p.name.startswith(".pgm-") and p.name != ".pgm-run.json"]
+
+    (tmp_path / "file").write_text("a file")
+    result, text = invoke(*two, "--output", tmp_path / "file", "--overwrite")
+    assert result.exit_code == 1 and "is a file" in text and (tmp_path / "file").read_text() == "a file"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file", "m", "new"]  # nothing hidden beside them
 
 
 def test_models_of_another_architecture(merge_inputs, tiny_pg2_dir, tmp_path):
@@ -179,3 +194,35 @@ def test_bare_merge_and_help_list_every_method_on_one_line():
     for text in (bare.output, helped.output):
         for name, brief in BRIEF.items():
             assert any(name in line and brief in line for line in text.splitlines()), (name, text)
+
+
+class _FullDisk:
+    """A file whose writes fail as on a full disk once `room` bytes are written (a real partial file)."""
+
+    def __init__(self, path, mode, room):
+        self.file, self.room = open(path, mode), room
+
+    def write(self, data):
+        data = memoryview(data).cast("B")
+        self.file.write(data[: max(self.room, 0)])
+        self.room -= len(data)
+        if self.room < 0:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    def close(self):
+        self.file.close()
+
+
+def test_a_disk_that_fills_mid_merge_is_one_line_and_the_earlier_merge_stays(two, tmp_path, monkeypatch):
+    import paligemma_cli.merge.writer as writer
+
+    out = tmp_path / "m"
+    assert invoke(*two, "--output", out)[0].exit_code == 0
+    before = folder_bytes(out)
+    monkeypatch.setattr(writer, "open", lambda path, mode: _FullDisk(path, mode, 4096), raising=False)
+    result, text = invoke(*two, "--output", out, "--overwrite", "--mode", "linear")
+    lines = [line for line in text.splitlines() if line.strip()]
+    assert result.exit_code == 1 and len(lines) == 1 and "Traceback" not in text, text
+    assert f"Writing {out} failed: No space left on device (it needs " in lines[0] and "free)" in lines[0]
+    assert folder_bytes(out) == before  # nothing half-written, nothing hidden left beside it
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]

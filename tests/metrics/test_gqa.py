@@ -96,3 +96,43 @@ def test_distribution_is_the_weighted_chi_square_over_global_groups():
 def test_choices_from_another_split_is_a_user_error():
     with pytest.raises(PgmError, match="no entry for question"):
         gqa_metrics(PREDICTIONS, QUESTIONS, choices={"q1": CHOICES["q1"]})
+
+
+def _step(operation, argument):
+    return {"operation": operation, "dependencies": [], "argument": argument}
+
+
+def test_steps_number_counts_as_eval_py():
+    from paligemma_cli.metrics.gqa import steps_number, words_number
+
+    # "query: name" is the final look-up, not a reasoning step: 2.
+    assert steps_number({"semantic": [_step("select", "table (5)"), _step("relate", "_,on,s (12)"),
+                                      _step("query", "name")]}) == 2
+    # "query: color" does count; so does "verify color: red": 3.
+    assert steps_number({"semantic": [_step("select", "shirt (3)"), _step("verify color", "red"),
+                                      _step("query", "color")]}) == 3
+    # eval.py tests substrings of "operation: argument": an "exist" anywhere drops the step,
+    # even inside an object's name, and so does any "choose name" operation.
+    assert steps_number({"semantic": [_step("select", "coexistence (4)"), _step("exist", "?"),
+                                      _step("choose name", "cat|dog")]}) == 0
+    assert steps_number({"semantic": []}) == 0
+    # Words: str.split(), so runs of any whitespace separate, and nothing is capped.
+    assert words_number({"question": "Is the man  wearing\ta hat?"}) == 6
+    assert words_number({"question": " ".join(["word"] * 40)}) == 40
+
+
+def test_accuracy_per_steps_and_words_number():
+    def q(answer, steps, words, **kw):
+        question = _q(answer, "query", **kw)
+        question["semantic"] = [_step("select", f"thing ({i})") for i in range(steps)] + [_step("query", "name")]
+        question["question"] = " ".join(["w"] * words)
+        return question
+
+    questions = {"a": q("red", 1, 5), "b": q("blue", 1, 7), "c": q("cat", 3, 5), "d": q("dog", 12, 20),
+                 "e": q("x", 3, 5, balanced=False),  # unbalanced: in no breakdown
+                 "f": _q("yes", "verify")}  # no program and no question text: in neither breakdown
+    result = gqa_metrics({"a": "red", "b": "no", "c": "cat", "d": "cat", "e": "x", "f": "yes"}, questions)
+    assert result["per_steps_number"] == {1: 50.0, 3: 100.0, 12: 0.0}
+    assert result["per_words_number"] == {5: 100.0, 7: 0.0, 20: 0.0}
+    assert list(result["per_steps_number"]) == [1, 3, 12]  # sorted, as eval.py prints them
+    assert result["accuracy"] == pytest.approx(100 * 3 / 5)

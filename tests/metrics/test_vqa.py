@@ -84,6 +84,45 @@ def test_contractions(text, expected):
     assert normalize_answer(text) == expected
 
 
+# ----- Unicode, as vqaEval.py behaves under Python 3 (str patterns: `\\d` is any decimal digit) -------
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        # A period followed by an Arabic-Indic, Devanagari or fullwidth digit is kept...
+        ("1.\u0665", "1.\u0665"),
+        ("\u0967.\u096b", "\u0967.\u096b"),
+        ("\uff15.\uff15", "\uff15.\uff15"),
+        # ...but a superscript two is no decimal digit (category No, though str.isdigit() says yes).
+        ("2.\u00b2", "2\u00b2"),
+        # A digit,digit comma in Arabic-Indic digits deletes every listed character.
+        ("\u0661,\u0660\u0660\u0660-\u0662", "\u0661\u0660\u0660\u0660\u0662"),
+        # str.lower is the full Unicode mapping: capital I with dot becomes i + combining dot.
+        ("\u0130", "i\u0307"),
+        # str.split splits on every Unicode space (no-break, ideographic, information separator).
+        ("red\u00a0car", "red car"),
+        ("the\u3000dog", "dog"),
+        ("two\x1fcats", "2 cats"),
+    ],
+)
+def test_unicode_details(text, expected):
+    assert normalize_answer(text) == expected
+
+
+def test_the_issues_unicode_digit_case():
+    # Annotators disagree, so both sides are processed. "1.٥" keeps its period (followed by a
+    # digit under Python 3), so the prediction "1٥" matches one annotator: 0.3, not 1.0.
+    answers = ["1.\u0665"] * 8 + ["1\u0665", "1.5"]
+    assert vqa_score("1\u0665", answers) == pytest.approx(0.3)
+    assert vqa_score("1.\u0665", answers) == 1.0
+
+
+def test_unicode_whitespace_is_stripped_even_when_annotators_agree():
+    # The cleaning step's str.strip() strips Unicode spaces; nothing else is processed.
+    assert vqa_score("\u3000yes\u00a0", TEN_YES) == 1.0
+    assert vqa_score("yes\u00a0no", ["yes no"] * 10) == 0.0  # inner spaces are not collapsed
+
+
 def test_whitespace_is_cleaned_first():
     assert normalize_answer("\tred \n car  ") == "red car"
 
@@ -142,6 +181,21 @@ def test_vqa_accuracy_averages_per_question_and_per_answer_type():
     assert result["per_question"] == pytest.approx({1: 100.0, 2: 0.0, "q3": 60.0, 4: 90.0, 5: 0.0})
     assert result["accuracy"] == pytest.approx(100 * (1 + 0 + 0.6 + 0.9 + 0) / 5)
     assert result["per_answer_type"] == pytest.approx({"yes/no": 50.0, "number": 60.0, "other": 0.0})
+    assert result["per_question_type"] == {}  # no question types given
+
+
+def test_per_question_type_is_keyed_by_the_annotations_question_type():
+    references = {
+        1: {"answers": TEN_YES, "answer_type": "yes/no", "question_type": "is the"},
+        2: {"answers": ["no"] * 10, "answer_type": "yes/no", "question_type": "is the"},
+        3: {"answers": SPLIT, "answer_type": "other", "question_type": "what color is the"},
+        4: {"answers": ["2"] * 2 + ["3"] * 8, "answer_type": "number", "question_type": "how many"},
+        5: {"answers": SPLIT, "answer_type": "other"},  # no question type: not in that breakdown
+    }
+    result = vqa_accuracy({1: "yes", 2: "yes", 3: "blue", 4: "3", 5: "red"}, references)
+    assert result["per_question_type"] == pytest.approx({"is the": 50.0, "what color is the": 60.0, "how many": 100.0})
+    assert list(result["per_question_type"]) == ["is the", "what color is the", "how many"]  # first-seen order
+    assert result["per_answer_type"] == pytest.approx({"yes/no": 50.0, "other": 75.0, "number": 100.0})
 
 
 def test_vqa_accuracy_always_normalize_is_passed_through():

@@ -19,8 +19,8 @@ EXPECTED_IMAGE = {  # the first eval example's image, relative to the data root
     "docvqa": "val/documents/doc01000.png",
     "coco": "val2017/000000001001.jpg",
 }
-EXPECTED_META = {"vqav2": {"question", "image_id", "answer_type"}, "gqa": {"question", "image_id"},
-                 "docvqa": {"question", "docId"}, "coco": {"file_name"}}
+EXPECTED_META = {"vqav2": {"question", "image_id", "answer_type", "question_type"}, "gqa": {"question", "image_id"},
+                 "docvqa": {"question", "docId", "question_types"}, "coco": {"file_name"}}
 
 
 @pytest.mark.parametrize("task_name", sorted(TASKS))
@@ -66,8 +66,11 @@ def test_gqa_scores_from_the_all_questions_file_as_the_full_files_do(tmp_path):
     assert (score.metrics["accuracy"], score.metrics["consistency"], score.metrics["validity"]) == (100.0, 25.0, 50.0)
     scored = {k: all_q[k] for k in ("q1", "q2", "q3", "q4", "q5")}  # what the whole-file json.load version scored
     full = gqa_metrics(predictions, scored, choices=choices)
-    assert {k: score.metrics[k] for k in ("accuracy", "binary", "open", "consistency", "validity", "plausibility")} == \
-           {k: full[k] for k in ("accuracy", "binary", "open", "consistency", "validity", "plausibility")}
+    same = ("accuracy", "binary", "open", "consistency", "validity", "plausibility", "per_structural_type",
+            "per_semantic_type", "per_steps_number", "per_words_number")
+    assert {k: score.metrics[k] for k in same} == {k: full[k] for k in same}
+    # The balanced file's programs and texts are decoded: one step ("select: table (5)"), three words.
+    assert (score.metrics["per_steps_number"], score.metrics["per_words_number"]) == ({1: 100.0}, {3: 100.0})
     assert score.per_example == {"q1": 1.0, "q2": 1.0}
 
 
@@ -87,7 +90,7 @@ def test_scoring_a_results_file_needs_no_images(synthetic_data, tmp_path):
 
 def test_ids_written_as_strings_are_the_official_ids(tmp_path):
     path = tmp_path / "r.jsonl"
-    path.write_text('{"question_id": "7", "answer": "red"}\n{"question_id": 8, "answer": 2}\n\n')
+    path.write_text('{"question_id": "7", "answer": "red"}\n{"question_id": 8, "answer": "2"}\n\n')
     assert read_predictions(get_task("vqav2"), path) == ({7: "red", 8: "2"}, [])
     path.write_text(json.dumps([{"questionId": 123, "prediction": "no"}, {"questionId": "123", "prediction": "yes"}]))
     assert read_predictions(get_task("gqa"), path) == (

@@ -247,3 +247,69 @@ def test_disk_full_during_save_is_reported_and_the_previous_checkpoint_survives(
     assert list_checkpoints(tmp_path) == [first]
     assert {p.name: p.read_bytes() for p in first.iterdir()} == before
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step-00000001"]
+
+
+def test_a_killed_overwrite_is_undone_and_resume_walks_back_past_damaged_checkpoints(data_root, reference,
+                                                                                     tmp_path):
+    """A finished run whose newest checkpoints were damaged afterwards (step 8's adapter truncated, a
+    step 10 whose trainer_state.json is not JSON); a `--overwrite` of it killed mid-step 1, before
+    it saved anything. The next `--resume` puts the earlier run back, says so, skips the damaged
+    checkpoints naming each, continues from step 6 and ends bit-identical to the uninterrupted run."""
+    out = tmp_path / "run"
+    shutil.copytree(reference, out)
+    weights = out / "checkpoints" / "step-00000008" / "adapter_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-100])
+    shutil.copytree(out / "checkpoints" / "step-00000006", out / "checkpoints" / "step-00000010")
+    (out / "checkpoints" / "step-00000010" / "trainer_state.json").write_text('{"global_step": 10,')
+
+    p = run(train_cmd(data_root, out, "--overwrite", "--dataloader-workers", "1"), PGM_TEST_KILL_AT_STEP="1")
+    assert p.returncode == -signal.SIGKILL, p.stdout + p.stderr
+    assert (out / ".pgm-previous" / "checkpoints").is_dir()  # set aside, not deleted
+    killed = json.loads((out / ".pgm-run.json").read_text())["unfinished"]["pid"]
+
+    p = run(train_cmd(data_root, out, "--resume", "--dataloader-workers", "1"))
+    text = " ".join((p.stdout + p.stderr).split())
+    assert p.returncode == 0, text
+    assert f"Removed what an interrupted pgm train (process {killed}) left unfinished in {out}: run_config.json." in text
+    assert "Restored the earlier pgm train output it had set aside: train_log.jsonl, checkpoints" in text
+    assert "Skipped checkpoint step-00000010: trainer_state.json is not valid JSON" in text
+    assert "Skipped checkpoint step-00000008: adapter_model.safetensors is truncated" in text
+    assert "Resuming from step-00000006 (step 6 of 8)" in text
+    ref, got = adapter(reference), adapter(out)
+    assert not [k for k in ref if not torch.equal(ref[k], got[k])]
+    assert [r["step"] for r in log_records(out)] == list(range(1, STEPS + 1))
+    assert [step_of(c) for c in list_checkpoints(out)] == [6, 8]  # the damaged ones replaced or removed
+    assert sorted(p.name for p in out.iterdir() if p.name.startswith(".")) == [".pgm-run.json"]
+
+
+@pytest.mark.parametrize("damage, reason", [
+    (lambda c: (c / "trainer_state.json").write_text("{not json"), "trainer_state.json is not valid JSON"),
+    (lambda c: (c / "trainer_state.json").write_text('{"steps": 3}'), "trainer_state.json does not hold"),
+    (lambda c: (c / "optimizer.pt").unlink(), "optimizer.pt is missing"),
+    (lambda c: (c / "scheduler.pt").write_bytes((c / "scheduler.pt").read_bytes()[:-30]),
+     "scheduler.pt is truncated or damaged"),
+    (lambda c: (c / "adapter_model.safetensors").write_bytes(b"\x00" * 4), "adapter_model.safetensors is damaged"),
+])
+def test_each_kind_of_damage_is_named(tmp_path, damage, reason):
+    from paligemma_cli.train.checkpoint import checkpoint_problem, require_resumable
+
+    param = torch.nn.Parameter(torch.ones(2))
+    optimizer = torch.optim.AdamW([param])
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    first = save_checkpoint(tmp_path, _Adapter(False), optimizer, scheduler, LoopState(global_step=1), keep=2)
+    (first / "adapter_model.safetensors").write_bytes(_safetensors())
+    second = save_checkpoint(tmp_path, _Adapter(False), optimizer, scheduler, LoopState(global_step=2), keep=2)
+    (second / "adapter_model.safetensors").write_bytes(_safetensors())
+    assert checkpoint_problem(second) is None and require_resumable(tmp_path) == second
+    damage(second)
+    assert checkpoint_problem(second).startswith(reason)
+    assert require_resumable(tmp_path) == first
+    damage(first)
+    with pytest.raises(PgmError, match=f"no complete checkpoint .*step-00000002: {reason}"):
+        require_resumable(tmp_path)
+
+
+def _safetensors() -> bytes:
+    from safetensors.torch import save
+
+    return save({"w": torch.ones(3)})
