@@ -92,9 +92,10 @@ def eval_command(
     written = write_eval_outputs(output_dir, t, result, info={"split": run.data.eval_split or t.eval_split,
                                                                "source": source}, submission=submission)
     record_written(output_dir, [p.name for p in written if p.parent == output_dir], kind="eval")
-    show_metrics(t.title, result.metrics)
+    # a metric that could not be computed gets one line saying why and how to enable it, not a table row
+    show_metrics(t.title, {k: v for k, v in result.metrics.items() if k not in result.unavailable})
     for name, why in result.unavailable.items():
-        console.print(f"[yellow]{name} unavailable:[/] {why}", highlight=False)
+        console.print(f"[yellow]{name} skipped:[/] {why}", highlight=False, soft_wrap=True)
     for note in result.notes:
         console.print(f"[yellow]note:[/] {note}", highlight=False)
     console.print(f"Wrote {', '.join(str(p) for p in written)}", highlight=False)
