@@ -11,6 +11,9 @@ from paligemma_cli import __version__
 from paligemma_cli.errors import PgmError
 
 MARKER = ".pgm-run.json"
+RUN_CONFIG = "run_config.json"  # pgm train: every setting, the task, the step count
+TRAIN_LOG = "train_log.jsonl"  # pgm train: one line per logged step and per evaluation
+MERGE_RECIPE = "pgm_merge.json"  # pgm merge: how the folder was made
 
 
 def _marker(path: Path) -> dict | None:
@@ -23,7 +26,7 @@ def _marker(path: Path) -> dict | None:
 # What each kind of run writes at the top of its folder; a file of one of these names that pgm did
 # not write would be replaced, so it is refused even with --overwrite.
 WRITES = {"train": {"adapter_config.json", "adapter_model.safetensors", "README.md", "run_config.json",
-                    "train_log.jsonl", "loss.png", "checkpoints", "best", "wandb"},
+                    "train_log.jsonl", "loss.png", "checkpoints", "best", "wandb", "tensorboard"},
           "eval": {"predictions.jsonl", "metrics.json"}}
 PROCESSOR_PREFIXES = ("tokenizer", "processor", "preprocessor", "special_tokens", "chat_template", "added_tokens")
 
@@ -93,6 +96,11 @@ def prepare_output_dir(path: Path, *, overwrite: bool, resume: bool, kind: str =
     if marker is None or not resume:
         record_written(path, [], kind=kind, reset=True)
     return path
+
+
+def written_names(path: Path) -> list[str]:
+    """The top-level names pgm recorded as written in `path` (empty without a marker)."""
+    return list((_marker(Path(path)) or {}).get("written", []))
 
 
 def record_written(path: Path, names: list[str], *, kind: str = "train", reset: bool = False) -> None:

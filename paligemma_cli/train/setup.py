@@ -79,6 +79,15 @@ def prepare(run: TrainRun, events: Events) -> Session:
 
 
 def check_inputs(run: TrainRun, out: Path) -> None:
+    """What needs no data and no model: the output dir, the checkpoint to resume, the trackers'
+    packages, and whether --push-to-hub can push at the end (a token; no network call)."""
+    from paligemma_cli.train.trackers import check_packages
+
+    check_packages(run.train.trackers())
+    if run.train.push_to_hub:
+        from paligemma_cli.hub.push import check_push
+
+        check_push(run.train.push_to_hub)
     check_output_dir(out, overwrite=run.train.overwrite, resume=run.train.resume)
     if run.train.resume and latest_checkpoint(out) is None:
         raise PgmError(f"--resume: no complete checkpoint in {out / 'checkpoints'}.",
