@@ -62,8 +62,8 @@ def train(config: Optional[Path] = typer.Option(
     if result.truncated_examples:
         table.add_row("truncated", f"{result.truncated_examples} examples hit --max-length")
     table.add_row("output", str(result.output_dir))
-    if result.hub_url:
-        table.add_row("hub", result.hub_url)
+    if result.hub_url:  # the commit's URL was printed when it was made
+        table.add_row("hub", f"https://huggingface.co/{run.train.push_to_hub}")
     console.print(table)
     if result.interrupted:
         console.print(f"[yellow]Stopped at step {result.global_step}; checkpoint saved.[/] Resume with the "

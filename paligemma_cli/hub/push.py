@@ -102,7 +102,7 @@ def push_folder(folder: Path, repo_id: str, files: list[str], *, private: bool, 
     except (HTTPError, OSError) as exc:  # no network, DNS, TLS, a timeout, offline mode
         raise PgmError(f"Pushing to {repo_id} failed: the Hugging Face Hub could not be reached "
                        f"({type(exc).__name__}); {kept}.", f"Check the network connection, then {retry}.") from None
-    events.phase_end(f"{len(names)} files in one commit: {info.commit_url}")
+    events.phase_end(f"one commit, {info.commit_url}")
     return info.commit_url
 
 
