@@ -25,6 +25,7 @@ COMPUTE_DTYPES = ("auto", "bf16", "fp16", "fp32")
 LORA_TARGET_PARTS = ("language", "vision", "projector")
 SCHEDULERS = ("cosine", "linear", "constant")
 OPTIMIZERS = ("adamw", "adamw_8bit", "paged_adamw_8bit")
+REPORT_TARGETS = ("wandb", "tensorboard", "none")
 
 
 def pgm_home() -> Path:
@@ -33,10 +34,16 @@ def pgm_home() -> Path:
 
 
 def opt(help: str, *, choices: tuple[str, ...] | None = None, min: float | None = None,
-        max: float | None = None, min_open: bool = False, positional: bool = False) -> dict:
-    """Field metadata: the help text and the checks `validate` applies."""
+        max: float | None = None, min_open: bool = False, positional: bool = False,
+        repeatable: bool = False) -> dict:
+    """Field metadata: the help text and the checks `validate` applies. A `repeatable` field is a
+    comma list that the flag may also build by repetition (`--x a --x b` is `--x a,b`)."""
     return {"help": help, "choices": choices, "min": min, "max": max, "min_open": min_open,
-            "positional": positional}
+            "positional": positional, "repeatable": repeatable}
+
+
+def comma_list(value: str | None) -> tuple[str, ...]:
+    return tuple(p.strip() for p in (value or "").split(",") if p.strip())
 
 
 @dataclass(frozen=True)
@@ -68,7 +75,7 @@ class LoraConfig:
         "decoder), vision (SigLIP attention and MLP), projector (multi-modal projector)."))
 
     def target_parts(self) -> tuple[str, ...]:
-        return tuple(p.strip() for p in self.lora_targets.split(",") if p.strip())
+        return comma_list(self.lora_targets)
 
 
 @dataclass(frozen=True)
@@ -137,9 +144,20 @@ class TrainConfig:
         "Keep only the newest K checkpoints (the final adapter and best/ are always kept).", min=1))
     eval_steps: int | None = field(default=None, metadata=opt(
         "Evaluate every N steps on the eval split, log the task metric and keep best/ by it.", min=1))
-    use_wandb: bool = field(default=False, metadata=opt(
-        "Log config, loss, lr and metrics to Weights & Biases (WANDB_MODE=offline works)."))
+    report_to: str | None = field(default=None, metadata=opt(
+        "Also log the train_log.jsonl scalars and eval metrics to: wandb (Weights & Biases; "
+        "WANDB_MODE=offline works), tensorboard (event files in OUTPUT_DIR/tensorboard/), or none; "
+        "several comma-separated or by repeating the flag. Default none.", repeatable=True))
+    use_wandb: bool | None = field(default=None, metadata=opt(
+        "Same as --report-to wandb (the older flag)."))
     wandb_project: str = field(default="pgm", metadata=opt("W&B project name."))
+    push_to_hub: str | None = field(default=None, metadata=opt(
+        "After the run has fully succeeded, upload the adapter, processor, run_config.json, "
+        "train_log.jsonl, loss.png and a model card (README.md) to this Hugging Face repo "
+        "(user/name) in one commit. Needs a token (`hf auth login` or HF_TOKEN), checked before "
+        "training starts."))
+    hub_private: bool = field(default=False, metadata=opt(
+        "Create the --push-to-hub repo as private (an existing repo keeps its visibility)."))
     overwrite: bool = field(default=False, metadata=opt(
         "Start over in an output dir holding an earlier pgm run: only the files pgm recorded there are "
         "replaced (a folder holding other files is refused)."))
@@ -148,6 +166,12 @@ class TrainConfig:
     group_by_length: bool | None = field(default=None, metadata=opt(
         "Batch examples of similar token length (shuffled in mega-batches from --seed), so padding "
         "wastes little; default on for docvqa and coco (long, mixed answers), off for vqav2 and gqa."))
+
+    def trackers(self) -> tuple[str, ...]:
+        """Where the run logs besides train_log.jsonl: () or some of wandb, tensorboard."""
+        if self.report_to is not None:
+            return tuple(dict.fromkeys(n for n in comma_list(self.report_to) if n != "none"))
+        return ("wandb",) if self.use_wandb else ()
 
 
 @dataclass(frozen=True)
@@ -219,10 +243,30 @@ def validate(run: TrainRun) -> None:
                               ("--train-file", run.data.train_file)) if v is not None]
     if len(sources) > 1:
         problems.append(f"give one data source, not {' and '.join(sources)}")
+    problems += report_to_problems(run.train)
+    if run.train.hub_private and not run.train.push_to_hub:
+        problems.append("--hub-private only applies with --push-to-hub REPO_ID")
     if run.train.resume and run.train.overwrite:
         problems.append("--resume continues the run in --output-dir and --overwrite starts it over: give one")
     if problems:
         raise PgmError("; ".join(problems) + ".", "See `pgm train --help`.")
+
+
+def report_to_problems(cfg: TrainConfig) -> list[str]:
+    """--report-to names known targets, `none` alone, and agrees with --use-wandb when both are given."""
+    if cfg.report_to is None:
+        return []
+    names = comma_list(cfg.report_to)
+    unknown = [n for n in names if n not in REPORT_TARGETS]
+    if unknown or not names:
+        return [f"--report-to takes {', '.join(REPORT_TARGETS)} (comma-separated or repeated; got {cfg.report_to!r})"]
+    if "none" in names and len(set(names)) > 1:
+        return [f"--report-to none excludes {', '.join(n for n in names if n != 'none')}: give one"]
+    if cfg.use_wandb is not None and cfg.use_wandb != ("wandb" in names):
+        given = "--use-wandb" if cfg.use_wandb else "--no-use-wandb"
+        return [f"{given} and --report-to {cfg.report_to} disagree: give --report-to alone "
+                "(--use-wandb is --report-to wandb)"]
+    return []
 
 
 def load_yaml(path: Path) -> dict[str, Any]:
@@ -254,6 +298,8 @@ def _coerce(f: dataclasses.Field, value: Any) -> Any:
     if value is None:
         return None
     kind = str(f.type)
+    if f.metadata.get("repeatable") and isinstance(value, (list, tuple)):
+        value = ",".join(str(v) for v in value)  # repeated flag / YAML list -> the comma list
     try:
         if "Path" in kind:
             return Path(value)
@@ -273,6 +319,28 @@ def _coerce(f: dataclasses.Field, value: Any) -> Any:
                        f"Expected {kind.split(' |')[0]}.") from None
 
 
+def train_command(settings: dict[str, Any]) -> str:
+    """The `pgm train` command that gives `settings` (run_config.json's "pgm_run"): the task and every
+    setting that differs from its default (--resume and --overwrite left out: they say how a run
+    was started, not what it is)."""
+    import shlex
+
+    words = ["pgm", "train", str(settings.get("task", DataConfig.task))]
+    for name, (_, f) in all_fields().items():
+        value = settings.get(name, f.default)
+        if f.metadata.get("positional") or name in ("resume", "overwrite") or value == _default_value(f):
+            continue
+        if isinstance(value, bool):
+            words.append(flag(name) if value else "--no-" + flag(name)[2:])
+        elif value is not None:
+            words += [flag(name), str(value)]
+    return shlex.join(words)
+
+
+def _default_value(f: dataclasses.Field) -> Any:
+    return str(f.default) if isinstance(f.default, Path) else f.default
+
+
 def build_run(values: dict[str, Any], config_file: Path | None = None) -> TrainRun:
     """Defaults < `--config` file < explicit flags (`values`, None meaning 'not given')."""
     known = all_fields()
@@ -284,7 +352,7 @@ def build_run(values: dict[str, Any], config_file: Path | None = None) -> TrainR
                 hint = f"Did you mean {close[0]!r}?" if close else "Keys are the flag names of `pgm train --help`."
                 raise PgmError(f"--config {config_file}: unknown key {key!r}.", hint)
             merged[key] = value
-    merged.update({k: v for k, v in values.items() if v is not None and k in known})
+    merged.update({k: v for k, v in values.items() if v not in (None, [], ()) and k in known})
     kwargs: dict[str, dict[str, Any]] = {sec: {} for sec in SECTIONS}
     for key, value in merged.items():
         sec, f = known[key]

@@ -70,6 +70,9 @@ from paligemma_cli.config import pgm_home
 from paligemma_cli.errors import PgmError
 
 MARKER = ".pgm-run.json"
+RUN_CONFIG = "run_config.json"  # pgm train: every setting, the task, the step count
+TRAIN_LOG = "train_log.jsonl"  # pgm train: one line per logged step and per evaluation
+MERGE_RECIPE = "pgm_merge.json"  # pgm merge: how the folder was made
 LOCK = ".pgm-lock"
 STAGING = ".pgm-staging"
 PREVIOUS = ".pgm-previous"
@@ -400,6 +403,11 @@ class Output:
         if new:
             target.extend(new)
             self._save()
+
+    def names(self) -> list[str]:
+        """The top-level entries pgm holds here for this run: written, recorded or kept from the run
+        it resumes (what `pgm train --push-to-hub` may upload)."""
+        return list(dict.fromkeys(self._marker["written"] + self._pending))
 
     def keep(self) -> None:
         """What this run wrote stays even if it later fails (e.g. a resumable checkpoint now exists);

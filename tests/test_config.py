@@ -82,3 +82,40 @@ def test_an_integer_setting_given_inf_in_yaml_is_the_wrong_type(tmp_path):
     cfg.write_text("max_steps: .inf\n")
     with pytest.raises(PgmError, match="--max-steps has the wrong type: inf"):
         build_run({}, cfg)
+
+
+def test_report_to_takes_a_comma_list_or_a_yaml_list_and_use_wandb_is_its_alias(tmp_path):
+    assert build_run({}).train.trackers() == ()
+    assert build_run({"report_to": ["wandb", "tensorboard,wandb"]}).train.trackers() == ("wandb", "tensorboard")
+    assert build_run({"report_to": ["none"]}).train.trackers() == ()
+    assert build_run({"use_wandb": True}).train.trackers() == ("wandb",)
+    assert build_run({"use_wandb": True, "report_to": ["wandb,tensorboard"]}).train.trackers() == \
+        ("wandb", "tensorboard")
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("report-to: [tensorboard, wandb]\n")
+    assert build_run({}, cfg).train.trackers() == ("tensorboard", "wandb")
+    assert build_run({"report_to": ["none"]}, cfg).train.trackers() == ()  # the flag wins
+
+
+@pytest.mark.parametrize("values, says", [
+    ({"report_to": ["tensorbord"]}, "--report-to takes wandb, tensorboard, none (comma-separated or repeated; "
+                                    "got 'tensorbord')"),
+    ({"report_to": ["none", "wandb"]}, "--report-to none excludes wandb: give one"),
+    ({"use_wandb": True, "report_to": ["tensorboard"]}, "--use-wandb and --report-to tensorboard disagree"),
+    ({"use_wandb": False, "report_to": ["wandb"]}, "--no-use-wandb and --report-to wandb disagree"),
+    ({"hub_private": True}, "--hub-private only applies with --push-to-hub REPO_ID"),
+])
+def test_report_to_and_hub_problems_name_the_flag(values, says):
+    with pytest.raises(PgmError) as exc:
+        build_run(values)
+    assert says in exc.value.message
+
+
+def test_train_command_lists_the_settings_that_differ_from_the_defaults():
+    from paligemma_cli.config import train_command
+
+    run = build_run({"task": "gqa", "model_path": "tiny", "data_root": "/data/my gqa", "max_steps": 5,
+                     "gradient_checkpointing": False, "report_to": ["tensorboard", "wandb"], "resume": True})
+    command = train_command(run.to_dict())
+    assert command == ("pgm train gqa --model-path tiny --no-gradient-checkpointing --data-root '/data/my gqa' "
+                       "--max-steps 5 --report-to tensorboard,wandb")

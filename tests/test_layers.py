@@ -1,6 +1,6 @@
 """The house's rules, read from the code: imports run one way, no circles, no private names shared.
 
-cli -> (train | infer | merge | diagnose) -> model -> tasks -> data -> metrics -> the bottom
+cli -> (train | infer | merge | diagnose | hub) -> model -> tasks -> data -> metrics -> the bottom
 (config, errors, events, outputs). `train` may also use `infer` (evaluation during training);
 nothing else at that level uses a sibling. Each subpackage's docstring says the same in words.
 """
@@ -16,7 +16,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "paligemma_cli"
 LAYERS = {  # a part may import parts of a lower number only (and itself)
     "__init__": 0, "errors": 0, "config": 0, "events": 0, "outputs": 0,
     "metrics": 1, "data": 2, "tasks": 3, "model": 4,
-    "infer": 5, "merge": 5, "diagnose": 5, "train": 6,
+    "infer": 5, "merge": 5, "diagnose": 5, "hub": 5, "train": 6,
     "cli": 7, "__main__": 8,
 }
 ALSO_ALLOWED = {("train", "infer")}

@@ -11,7 +11,7 @@ import dataclasses
 import functools
 import inspect
 from pathlib import Path
-from typing import Any, Callable, Literal, Optional
+from typing import Any, Callable, List, Literal, Optional
 
 import typer
 
@@ -51,6 +51,8 @@ def field_parameter(f: dataclasses.Field, panel: str | None) -> inspect.Paramete
                                   rich_help_panel=panel)
     if meta.get("choices"):
         annotation = Optional[Literal[tuple(meta["choices"])]]  # typer shows and checks the choices
+    if meta.get("repeatable"):  # given twice, the values add up (never silently the last one)
+        annotation = Optional[List[str]]
     return inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY,
                              default=typer.Option(None, *decls, **kwargs), annotation=annotation)
 

@@ -119,10 +119,12 @@ def eval_command(
         if submission is not None:
             data = submission_bytes(t, result)
             written.append(sub.write(data) if sub else out.write(submission.name, data))
-    show_metrics(t.title, result.metrics, breakdown=breakdown)
+    # a metric that could not be computed gets one line saying why and how to enable it, not a table row
+    show_metrics(t.title, {k: v for k, v in result.metrics.items() if k not in result.unavailable},
+                 breakdown=breakdown)
     # Names, notes and paths carry user text (ids, answers, keys, paths): printed verbatim, never as markup.
     for name, why in result.unavailable.items():
-        console.print(f"[yellow]{escape(name)} unavailable:[/] {escape(why)}", highlight=False)
+        console.print(f"[yellow]{escape(name)} skipped:[/] {escape(why)}", highlight=False, soft_wrap=True)
     for note in result.notes:
         console.print(f"[yellow]note:[/] {escape(note)}", highlight=False)
     console.print(Text(f"Wrote {', '.join(str(p) for p in written)}"), highlight=False, soft_wrap=True)

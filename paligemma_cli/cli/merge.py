@@ -86,6 +86,10 @@ def merge(
                                    "(only the files pgm wrote there; a folder with other files is refused)."),
     skip_base_check: bool = typer.Option(
         False, "--skip-base-check", help="Accept adapters whose recorded base differs from --base-model (e.g. a local copy)."),
+    push_to_hub: Optional[str] = typer.Option(
+        None, "--push-to-hub", metavar="REPO_ID", help="After the merge succeeds, upload the folder and a model card "
+        "(README.md) to this Hugging Face repo in one commit (a token is checked before merging)."),
+    hub_private: bool = typer.Option(False, "--hub-private", help="Create the --push-to-hub repo as private."),
 ) -> None:
     models = tuple(m for m in (model_a, model_b) if m) + tuple(model or ())
     if method is None and mode is None and not models and base_model is None and output is None:
@@ -96,6 +100,13 @@ def merge(
     if missing:
         raise PgmError(f"{' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} required.",
                        f"Example: pgm merge {method} --base-model tiny --model a --model b --output merged.")
+    if hub_private and not push_to_hub:
+        raise PgmError("--hub-private only applies with --push-to-hub REPO_ID.",
+                       "Add --push-to-hub, or drop --hub-private.")
+    if push_to_hub:
+        from paligemma_cli.hub.push import check_push
+
+        check_push(push_to_hub)  # before the merge: a missing token should not wait for it
     quiet_libraries()
     from paligemma_cli.merge.driver import MergeRequest
     from paligemma_cli.merge.driver import merge as run_merge
@@ -107,6 +118,28 @@ def merge(
     with _progress() as progress:
         result = run_merge(request, progress)
     _report(result)
+    if push_to_hub:
+        from paligemma_cli.hub.push import push_merge
+
+        url = push_merge(result.output, push_to_hub, private=hub_private,
+                         command=merge_command(request, push_to_hub, hub_private))
+        console.print(f"Pushed {result.output} to {url}", highlight=False, markup=False)
+
+
+def merge_command(req, push_to_hub: str, hub_private: bool) -> str:
+    """The `pgm merge` command line of `req`, for the model card: the values given, defaults left out."""
+    import shlex
+
+    words = ["pgm", "merge", req.mode, "--base-model", req.base_model]
+    words += [w for m in req.models for w in ("--model", m)]
+    words += [w for x in req.weights or () for w in ("--weight", f"{x:g}")]
+    for name, value in (("--density", req.density), ("--lambda", req.lam), ("--layers", req.layers),
+                        ("--rank", req.rank), ("--seed", req.seed or None)):
+        words += [name, f"{value:g}" if isinstance(value, float) else str(value)] if value is not None else []
+    words += [] if req.normalize is None else ["--normalize" if req.normalize else "--no-normalize"]
+    words += ["--output-format", req.output_format] if req.output_format != "full" else []
+    words += ([] if req.check_base else ["--skip-base-check"]) + ["-o", str(req.output), "--push-to-hub", push_to_hub]
+    return shlex.join(words + (["--hub-private"] if hub_private else []))
 
 
 def _resolve_method(method: str | None, mode: str | None) -> str:

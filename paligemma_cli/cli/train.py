@@ -23,6 +23,8 @@ Examples:
 
   pgm train docvqa --hf-dataset lmms-lab/DocVQA --max-length 256 --eval-steps 500
 
+  pgm train coco --data-root /data/coco --report-to tensorboard --push-to-hub me/paligemma-coco
+
   pgm data synth vqav2 demo/data && pgm train vqav2 --model-path tiny --data-root demo/data
 """
 
@@ -61,6 +63,8 @@ def train(config: Optional[Path] = typer.Option(
     if result.truncated_examples:
         table.add_row("truncated", f"{result.truncated_examples} examples hit --max-length")
     table.add_row("output", escape(str(result.output_dir)))
+    if result.hub_url:  # the commit's URL was printed when it was made
+        table.add_row("hub", escape(f"https://huggingface.co/{run.train.push_to_hub}"))
     console.print(table)
     if result.interrupted:
         console.print(f"[yellow]Stopped at step {result.global_step}; checkpoint saved.[/] Resume with the "

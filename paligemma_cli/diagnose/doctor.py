@@ -26,13 +26,12 @@ from pathlib import Path
 from typing import Callable
 
 from paligemma_cli.config import DEFAULT_MODEL, TrainConfig
+from paligemma_cli.metrics.captioning import CORENLP_JARS, CORENLP_URL  # one definition, re-exported
 
 PASS, WARN, FAIL = "PASS", "WARN", "FAIL"
 DIST_NAME = "paligemma-cli"
 CHECKED_PACKAGES = ("torch", "transformers", "peft", "bitsandbytes", "accelerate", "datasets")
 SECRET_VARS = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "WANDB_API_KEY")
-CORENLP_JARS = ("stanford-corenlp-3.6.0.jar", "stanford-corenlp-3.6.0-models.jar")
-CORENLP_URL = "http://nlp.stanford.edu/software/stanford-corenlp-full-2015-12-09.zip"
 HF_LOGIN = "hf auth login  # or: export HF_TOKEN=..."  # the comment keeps the line copyable
 JAVA_REINSTALL = ("sudo apt-get install --reinstall -y default-jre-headless",)
 GiB = 1024 ** 3

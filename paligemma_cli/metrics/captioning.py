@@ -17,9 +17,9 @@ from collections.abc import Hashable, Mapping, Sequence
 from paligemma_cli.errors import PgmError
 
 # pycocoevalcap.spice.get_stanford_models looks for these in <pycocoevalcap>/spice/lib/ and
-# downloads stanford-corenlp-full-2015-12-09.zip when the first is absent.
-_CORENLP_JARS = ("stanford-corenlp-3.6.0.jar", "stanford-corenlp-3.6.0-models.jar")
-_CORENLP_ZIP = "https://nlp.stanford.edu/software/stanford-corenlp-full-2015-12-09.zip"
+# downloads this zip (its URL) when the first is absent. `pgm doctor` uses the same names.
+CORENLP_JARS = ("stanford-corenlp-3.6.0.jar", "stanford-corenlp-3.6.0-models.jar")
+CORENLP_URL = "http://nlp.stanford.edu/software/stanford-corenlp-full-2015-12-09.zip"
 
 
 def _spice_lib_dir() -> str | None:
@@ -32,15 +32,16 @@ def _spice_lib_dir() -> str | None:
 def _spice_missing_jars(lib_dir: str | None) -> list[str]:
     """The CoreNLP jars SPICE needs that are not in `lib_dir` (checked without downloading)."""
     if lib_dir is None:
-        return list(_CORENLP_JARS)
-    return [jar for jar in _CORENLP_JARS if not os.path.isfile(os.path.join(lib_dir, jar))]
+        return list(CORENLP_JARS)
+    return [jar for jar in CORENLP_JARS if not os.path.isfile(os.path.join(lib_dir, jar))]
 
 
 def _spice_install_hint(lib_dir: str | None) -> str:
+    """Why SPICE is skipped and how to enable it, in one line (the CLI prints it as is)."""
     where = lib_dir or "<site-packages>/pycocoevalcap/spice/lib"
     return (
-        f"SPICE needs Stanford CoreNLP 3.6.0, which pycocoevalcap downloads on first use: get {_CORENLP_ZIP} "
-        f"and copy {' and '.join(_CORENLP_JARS)} from it into {where}/ (pycocoevalcap looks there)."
+        f"it needs Java and the Stanford CoreNLP 3.6.0 jars, which are not in {where}/; to enable it, put "
+        f"{' and '.join(CORENLP_JARS)} from {CORENLP_URL} there (`pgm doctor` prints the commands)."
     )
 
 
@@ -111,7 +112,7 @@ def _spice(ids: list, gts: dict, res: dict, metrics: dict, per_image: dict, unav
 
         score, scores = Spice().compute_score(gts, res)
     except (OSError, subprocess.CalledProcessError) as exc:
-        unavailable["SPICE"] = f"SPICE failed to run ({exc}); {_spice_install_hint(lib_dir)}"
+        unavailable["SPICE"] = f"it failed to run ({type(exc).__name__}); {_spice_install_hint(lib_dir)}"
         return
     metrics["SPICE"] = float(score)
     # Spice returns its per-image scores in *sorted* id order (COCOEvalCap pairs them

@@ -24,13 +24,12 @@ from typing import Any
 from paligemma_cli.config import TrainRun
 from paligemma_cli.errors import PgmError
 from paligemma_cli.events import Events
-from paligemma_cli.outputs import claim_output
+from paligemma_cli.outputs import RUN_CONFIG, Output, claim_output
 from paligemma_cli.train.checkpoint import (LoopState, crash_point, latest_checkpoint, resume_from, rng_state,
                                             save_checkpoint, set_rng_state, write_error_reason, write_errors)
 from paligemma_cli.train.setup import Inputs, Session, build, prepare
-from paligemma_cli.train.tracking import LOG_FILE, Tracker, Window, append_log, log_up_to
-
-RUN_CONFIG = "run_config.json"
+from paligemma_cli.train.trackers import TENSORBOARD_DIR, WANDB_DIR, Tracker, open_trackers, scalars
+from paligemma_cli.train.tracking import LOG_FILE, Window, append_log, log_up_to
 
 
 @dataclass
@@ -45,18 +44,34 @@ class TrainResult:
     best: dict[str, Any] | None = None
     eval_history: list[dict[str, Any]] = field(default_factory=list)
     truncated_examples: int = 0
+    hub_url: str | None = None  # the commit --push-to-hub made
 
 
 def train(run: TrainRun, events: Events | None = None) -> TrainResult:
-    """Run `pgm train`: load data and model, train with LoRA, checkpoint, evaluate, save the adapter."""
+    """Run `pgm train`: load data and model, train with LoRA, checkpoint, evaluate, save the adapter;
+    with --push-to-hub, push it once all of that succeeded (main process only)."""
     started = time.time()
     inputs = prepare(run, events or Events())
     with claimed(inputs) as output:
         loop = Loop(build(inputs, output))
         loop.start()
-        with StopFlag() as stop:
-            loop.run(stop)
-        return loop.finish(time.time() - started)
+        try:
+            with StopFlag() as stop:
+                loop.run(stop)
+            result = loop.finish(time.time() - started)
+        except BaseException:
+            loop.tracker.flush()  # what TensorBoard buffered up to the failure
+            raise
+        if run.train.push_to_hub and result.main_process and not result.interrupted:
+            result.hub_url = push(output, run, inputs.events)
+        return result
+
+
+def push(output: Output, run: TrainRun, events: Events) -> str:
+    """The model card (README.md, staged like every file pgm writes), then one commit to the hub."""
+    from paligemma_cli.hub.push import push_training
+
+    return push_training(output, run.train.push_to_hub, private=run.train.hub_private, events=events)
 
 
 @contextlib.contextmanager
@@ -112,7 +127,7 @@ class Loop:
         self.log_path = session.out / LOG_FILE
         self.state = LoopState(total_steps=session.total_steps)
         self.rng: dict[str, Any] | None = None
-        self.tracker: Tracker | None = None
+        self.tracker: Tracker = Tracker()
         self.last_loss: float | None = None
         self.truncated = 0
         self.interrupted = False
@@ -125,15 +140,18 @@ class Loop:
         s = self.s
         if self.cfg.resume:
             self.restore()
+        trackers = self.cfg.trackers() if s.main else ()
         if s.main:  # recorded before written: what a crash cuts short is still pgm's to remove
-            s.output.record(LOG_FILE, "checkpoints", *(["wandb"] if self.cfg.use_wandb else []))
+            s.output.record(LOG_FILE, "checkpoints",
+                            *[{"wandb": WANDB_DIR, "tensorboard": TENSORBOARD_DIR}[t] for t in trackers])
             s.output.write(RUN_CONFIG, json.dumps({
                 "pgm_run": s.run.to_dict(), "task": s.task.name, "trainable_params": s.trainable_params,
-                "total_params": s.total_params, "processes": s.processes, "total_steps": s.total_steps},
-                indent=2, default=str))
-        self.tracker = Tracker(self.cfg.use_wandb and s.main, self.cfg.wandb_project, s.run.to_dict(), s.out,
-                               self.state.wandb_run_id)
-        self.state.wandb_run_id = self.tracker.run_id
+                "total_params": s.total_params, "processes": s.processes, "total_steps": s.total_steps,
+                "examples": s.train_count}, indent=2, default=str))
+        self.tracker = open_trackers(trackers, project=self.cfg.wandb_project, config=s.run.to_dict(),
+                                     output_dir=s.out, wandb_run_id=self.state.wandb_run_id,
+                                     start_step=self.state.global_step)
+        self.state.wandb_run_id = self.tracker.wandb_run_id or self.state.wandb_run_id
         s.events.train_start(s.total_steps, self.state.global_step, {
             "task": s.task.name, "examples": s.train_count, "trainable_params": s.trainable_params,
             "total_params": s.total_params, "effective_batch": self.cfg.batch_size * self.accum * s.processes,
@@ -228,10 +246,10 @@ class Loop:
         s, state = self.s, self.state
         crash_point("PGM_TEST_KILL_AT_STEP", state.global_step + 1)
         if self.cfg.max_grad_norm > 0:
-            norm = s.accelerator.clip_grad_norm_(s.model.parameters(), self.cfg.max_grad_norm)
-            if not math.isfinite(float(norm)):  # an inf/NaN update would poison the next checkpoint
-                raise numerical_fault(float(norm), "gradient norm", state.global_step + 1,
-                                      f"epoch {state.epoch}", s.out)
+            norm = float(s.accelerator.clip_grad_norm_(s.model.parameters(), self.cfg.max_grad_norm))
+            if not math.isfinite(norm):  # an inf/NaN update would poison the next checkpoint
+                raise numerical_fault(norm, "gradient norm", state.global_step + 1, f"epoch {state.epoch}", s.out)
+            self.window.grad_norm = norm  # the total norm before clipping, as the clip returns it
         s.optimizer.step()
         s.scheduler.step()
         s.optimizer.zero_grad(set_to_none=True)
@@ -245,7 +263,7 @@ class Loop:
         self.log(step_loss)
 
     def log(self, step_loss: float) -> None:
-        """Every --logging-steps (and at the last step): a train_log.jsonl line, W&B, the progress bar."""
+        """Every --logging-steps (and at the last step): a train_log.jsonl line, the trackers, the progress bar."""
         s, state = self.s, self.state
         if state.global_step % self.cfg.logging_steps != 0 and state.global_step != s.total_steps:
             s.events.train_step(state.global_step, {})
@@ -257,7 +275,7 @@ class Loop:
                 append_log(self.log_path, record)
             except OSError as exc:
                 raise write_fault(s.out, exc, LOG_FILE) from None
-        self.tracker.log({"train/loss": step_loss, "train/lr": record["lr"]}, state.global_step)
+        self.tracker.log(scalars("train", record), state.global_step)
         s.events.train_step(state.global_step, record)
         self.window = Window()
 
@@ -266,9 +284,11 @@ class Loop:
         import torch
 
         s, state = self.s, self.state
-        if self.cfg.eval_steps and state.global_step % self.cfg.eval_steps == 0:
-            self.evaluate()
         done = state.global_step >= s.total_steps
+        # the last step is evaluated before its checkpoint, so the checkpoint holds the whole run
+        # (a --resume of a finished run, e.g. to push it again, then has nothing left to do)
+        if self.cfg.eval_steps and (state.global_step % self.cfg.eval_steps == 0 or done):
+            self.evaluate()
         stopping = stop.requested
         if s.processes > 1:  # every process must stop at the same step
             stopping = s.accelerator.reduce(torch.tensor(float(stopping), device=s.accelerator.device),
@@ -296,7 +316,7 @@ class Loop:
                                                    if isinstance(v, (int, float))}}
             state.log_history.append({"eval": entry})
             append_log(self.log_path, {"step": state.global_step, "eval": entry})  # the log tells the whole run
-            self.tracker.log({f"eval/{k}": v for k, v in entry.items() if k != "step"}, state.global_step)
+            self.tracker.log(scalars("eval", entry), state.global_step)
             if value is not None and (state.best_metric is None or value > state.best_metric):
                 state.best_metric, state.best_step = value, state.global_step
                 self.save_best()
@@ -321,6 +341,7 @@ class Loop:
                                    keep=self.cfg.save_total_limit, rng=rng_state())
             s.output.keep()  # the run is resumable now: a later failure keeps what it wrote
             s.events.checkpoint_saved(str(path), self.state.global_step)
+            self.tracker.flush()  # everything up to the checkpoint's step is on disk with it
         s.accelerator.wait_for_everyone()
         return path
 

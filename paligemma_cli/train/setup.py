@@ -96,7 +96,15 @@ def build(inputs: Inputs, output: Output | None) -> Session:
 
 def check_inputs(run: TrainRun, out: Path, events: Events) -> None:
     """What a user can get wrong, checked before torch, accelerate and the model load (seconds to
-    minutes), in every process, changing nothing of the user's: output dir and checkpoint."""
+    minutes), in every process, changing nothing of the user's: the trackers' packages, whether
+    --push-to-hub can push at the end (a token; no network call), the output dir, the checkpoint."""
+    from paligemma_cli.train.trackers import check_packages
+
+    check_packages(run.train.trackers())
+    if run.train.push_to_hub:
+        from paligemma_cli.hub.push import check_push
+
+        check_push(run.train.push_to_hub)
     for note in check_output(out, "train", overwrite=run.train.overwrite, resume=run.train.resume):
         events.message(note, "warning")  # what a killed run left unfinished, undone
     if run.train.resume:

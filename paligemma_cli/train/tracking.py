@@ -1,21 +1,17 @@
-"""What a run records as it goes: train_log.jsonl, the logging window's figures, and Weights & Biases.
+"""What a run records as it goes: train_log.jsonl and the logging window's figures.
 
-wandb reads its key from the environment or its own netrc; pgm never reads, prints or writes it.
-`WANDB_MODE=offline` logs to ./wandb for a later `wandb sync`.
+W&B and TensorBoard (--report-to) get the same figures through train/trackers.py.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from paligemma_cli.errors import PgmError
-
-LOG_FILE = "train_log.jsonl"
+from paligemma_cli.outputs import TRAIN_LOG as LOG_FILE  # noqa: F401  (re-exported: the name the loop uses)
 
 
 def append_log(path: Path, record: dict[str, Any]) -> None:
@@ -48,6 +44,7 @@ class Window:
     samples: int = 0
     tokens: int = 0
     padded: int = 0
+    grad_norm: float | None = None  # of the window's last optimiser step, before clipping
     started: float = field(default_factory=time.time)
 
     def add_batch(self, loss: float, samples: int, tokens: int, padded: int) -> None:
@@ -59,35 +56,8 @@ class Window:
     def record(self, step: int, epoch: int, loss: float, lr: float) -> dict[str, Any]:
         """The log line for this window (`loss` as reduced over the processes)."""
         elapsed = max(time.time() - self.started, 1e-9)
-        return {"step": step, "epoch": epoch, "loss": loss, "lr": lr, "samples_per_s": self.samples / elapsed,
+        record = {"step": step, "epoch": epoch, "loss": loss, "lr": lr}
+        if self.grad_norm is not None:  # absent with --max-grad-norm 0 (nothing computes it)
+            record["grad_norm"] = self.grad_norm
+        return {**record, "samples_per_s": self.samples / elapsed,
                 "padded_fraction": self.padded / max(self.tokens, 1), "padded_tokens": self.padded}
-
-
-class Tracker:
-    def __init__(self, enabled: bool, project: str, config: dict[str, Any], output_dir: Path,
-                 run_id: str | None = None):
-        self.run = None
-        self.run_id = run_id
-        if not enabled:
-            return
-        os.environ.setdefault("WANDB_SILENT", "true")
-        try:
-            import wandb
-        except ImportError:
-            raise PgmError("--use-wandb needs the wandb package.", "pip install 'paligemma-cli[wandb]'.") from None
-        try:
-            self.run = wandb.init(project=project, config=config, id=run_id, resume="allow",
-                                  dir=str(output_dir), name=Path(output_dir).name)
-        except Exception as exc:  # login/network problems: say how to fix, never echo the key
-            raise PgmError(f"W&B could not start ({type(exc).__name__}).",
-                           "Run `wandb login`, or set WANDB_MODE=offline to log locally.") from None
-        self.run_id = self.run.id
-
-    def log(self, values: dict[str, Any], step: int) -> None:
-        if self.run is not None:
-            self.run.log(values, step=step)
-
-    def finish(self) -> None:
-        if self.run is not None:
-            self.run.finish()
-            self.run = None

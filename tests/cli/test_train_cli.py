@@ -54,8 +54,17 @@ def test_version_and_short_help():
     assert result.returncode == 0
     for flag in ("--model-path", "--output-dir", "--num-epochs", "--batch-size", "--learning-rate",
                  "--gradient-accumulation-steps", "--max-train-samples", "--max-eval-samples", "--max-length",
-                 "--use-wandb", "--wandb-project", "--quantization", "--lora-rank", "--config", "--resume"):
+                 "--use-wandb", "--wandb-project", "--quantization", "--lora-rank", "--config", "--resume",
+                 "--report-to", "--push-to-hub", "--hub-private"):
         assert flag in result.stdout, flag
+
+
+def test_report_to_given_twice_adds_up_and_a_contradiction_is_one_line(tmp_path):
+    # both values arrive (a last-wins flag would see only "none" and accept it)
+    assert_one_line_error(pgm("train", "gqa", "--data-root", tmp_path, "--report-to", "tensorboard",
+                              "--report-to", "none"), "--report-to none excludes tensorboard")
+    assert_one_line_error(pgm("train", "gqa", "--data-root", tmp_path, "--use-wandb", "--report-to", "tensorboard"),
+                          "--use-wandb and --report-to tensorboard disagree")
 
 
 def test_unknown_task_lists_supported(tmp_path):

@@ -105,11 +105,13 @@ def test_spice_reported_unavailable_with_install_hint(result):
     hint = result["unavailable"]["SPICE"]
     assert "stanford-corenlp-3.6.0.jar" in hint and "stanford-corenlp-3.6.0-models.jar" in hint
     assert captioning._spice_lib_dir() in hint
+    # why (Java and the jars), how (the zip, where to put the jars, pgm doctor), in one line
+    assert "\n" not in hint and "Java" in hint and captioning.CORENLP_URL in hint and "pgm doctor" in hint
 
 
 def test_spice_jar_detection(tmp_path):
-    assert captioning._spice_missing_jars(str(tmp_path)) == list(captioning._CORENLP_JARS)
-    for jar in captioning._CORENLP_JARS:
+    assert captioning._spice_missing_jars(str(tmp_path)) == list(captioning.CORENLP_JARS)
+    for jar in captioning.CORENLP_JARS:
         (tmp_path / jar).write_bytes(b"")
     assert captioning._spice_missing_jars(str(tmp_path)) == []
 

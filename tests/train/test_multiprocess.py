@@ -17,6 +17,30 @@ import pytest
 
 pytestmark = pytest.mark.slow
 
+# Started in every process (sitecustomize): the libraries see offline mode as they import
+# huggingface_hub, then the variable goes so that pgm's push check passes, and HfApi records each
+# process's calls in a file instead of reaching the hub (which cannot be reached from here).
+FAKE_HUB = """
+import json, os
+import huggingface_hub
+os.environ.pop("HF_HUB_OFFLINE", None)
+os.environ.pop("TRANSFORMERS_OFFLINE", None)
+
+class HfApi:
+    def _record(self, call, repo_id, **more):
+        with open(os.environ["FAKE_HUB_LOG"], "a") as fh:
+            fh.write(json.dumps({"call": call, "repo_id": repo_id, "rank": os.environ.get("RANK"), **more}) + "\\n")
+
+    def create_repo(self, repo_id, **kwargs):
+        self._record("create_repo", repo_id)
+
+    def create_commit(self, repo_id, operations, **kwargs):
+        self._record("create_commit", repo_id, files=sorted(op.path_in_repo for op in operations))
+        return type("CommitInfo", (), {"commit_url": "https://huggingface.co/" + repo_id + "/commit/1"})()
+
+huggingface_hub.HfApi = HfApi
+"""
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -37,8 +61,13 @@ def test_two_processes_shard_the_data_and_write_once(synthetic_data, tiny_model_
            "-m", "paligemma_cli", "train", "vqav2", "--model-path", "tiny", "--data-root", str(data),
            "--output-dir", str(out), "--num-epochs", "1", "--batch-size", "2",
            "--gradient-accumulation-steps", "2", "--logging-steps", "1", "--save-steps", "100",
-           "--dataloader-workers", "1", "--group-by-length"]  # each process's worker builds its shard
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+           "--dataloader-workers", "1", "--group-by-length",  # each process's worker builds its shard
+           "--report-to", "tensorboard", "--push-to-hub", "someone/two-processes"]
+    (tmp_path / "site").mkdir()
+    (tmp_path / "site" / "sitecustomize.py").write_text(FAKE_HUB)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "",
+           "PYTHONPATH": os.pathsep.join([str(tmp_path / "site"), os.environ.get("PYTHONPATH", "")]),
+           "HF_TOKEN": "hf_fake", "FAKE_HUB_LOG": str(tmp_path / "hub.jsonl")}
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     text = proc.stdout + proc.stderr
     assert proc.returncode == 0, text
@@ -61,3 +90,12 @@ def test_two_processes_shard_the_data_and_write_once(synthetic_data, tiny_model_
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-00000002"]
     assert (out / "adapter_model.safetensors").exists()
     assert "Traceback" not in text
+
+    # Tracked and pushed once, by the main process: one TensorBoard event file, one commit.
+    from tests.train.test_trackers import assert_events_match_log
+
+    assert len(list((out / "tensorboard").iterdir())) == 1
+    assert_events_match_log(out)
+    calls = [json.loads(line) for line in (tmp_path / "hub.jsonl").read_text().splitlines()]
+    assert [(c["call"], c["rank"]) for c in calls] == [("create_repo", "0"), ("create_commit", "0")], calls
+    assert "adapter_model.safetensors" in calls[1]["files"] and "README.md" in calls[1]["files"]

@@ -3,7 +3,7 @@
 The central claim: a run killed with SIGKILL mid-step, killed while writing a checkpoint, or
 stopped with Ctrl-C, then resumed with `--resume`, ends with an adapter bit-identical (every
 tensor `torch.equal`) to a run never interrupted, with the same per-step losses, one log line per
-step and one W&B run id. The kills are placed exactly by the test hooks in
+step, one W&B run id, and TensorBoard curves showing each step once with train_log.jsonl's values. The kills are placed exactly by the test hooks in
 `paligemma_cli.train.checkpoint.crash_point` (inert unless their environment variable is set).
 
 Sizes: 7 synthetic images -> 10 VQAv2 questions, batch 2 -> 5 micro-batches per epoch,
@@ -35,6 +35,7 @@ import torch
 
 from paligemma_cli.train.checkpoint import LoopState, latest_checkpoint, list_checkpoints, save_checkpoint
 from paligemma_cli.errors import PgmError
+from tests.train.test_trackers import assert_events_match_log
 
 pytestmark = pytest.mark.slow
 
@@ -95,10 +96,12 @@ def reference(data_root, tmp_path_factory, tiny_model_dir) -> Path:
 
 def test_killed_and_resumed_run_is_bit_identical(data_root, reference, tmp_path):
     out = tmp_path / "run"
-    wandb = ["--use-wandb", "--dataloader-workers", "1"]
+    # --use-wandb (the older flag) agrees with --report-to wandb; the flag repeated adds up.
+    first = ["--use-wandb", "--report-to", "wandb,tensorboard", "--dataloader-workers", "1"]
+    wandb = ["--report-to", "wandb", "--report-to", "tensorboard", "--dataloader-workers", "1"]
 
     # 1. SIGKILL while step 4's checkpoint is half written: only the temp folder holds it.
-    p = run(train_cmd(data_root, out, *wandb), PGM_TEST_CRASH_DURING_SAVE="4")
+    p = run(train_cmd(data_root, out, *first), PGM_TEST_CRASH_DURING_SAVE="4")
     assert p.returncode == -signal.SIGKILL, p.stdout + p.stderr
     tmp = out / "checkpoints" / ".tmp-step-00000004"
     assert (tmp / "adapter_model.safetensors").exists() and not (tmp / "trainer_state.json").exists()
@@ -143,8 +146,12 @@ def test_killed_and_resumed_run_is_bit_identical(data_root, reference, tmp_path)
     # Every step logged once, with exactly the uninterrupted run's losses.
     ref_log, got_log = log_records(reference), log_records(out)
     assert [r["step"] for r in got_log] == list(range(1, STEPS + 1))
-    assert [(r["step"], r["epoch"], r["loss"], r["lr"]) for r in got_log] == \
-           [(r["step"], r["epoch"], r["loss"], r["lr"]) for r in ref_log]
+    assert [(r["step"], r["epoch"], r["loss"], r["lr"], r["grad_norm"]) for r in got_log] == \
+           [(r["step"], r["epoch"], r["loss"], r["lr"], r["grad_norm"]) for r in ref_log]
+    # TensorBoard: four event files; what the killed runs logged past their checkpoint is purged,
+    # so every step shows once, with the values of train_log.jsonl.
+    assert len(list((out / "tensorboard").iterdir())) == 4
+    assert_events_match_log(out)
 
     # One W&B run across the four processes (offline runs are named offline-run-<time>-<id>).
     run_id = json.loads((latest_checkpoint(out) / "trainer_state.json").read_text())["wandb_run_id"]
