@@ -214,3 +214,51 @@ def test_adapter_output_at_the_default_rank_loads_where_a_module_is_smaller(merg
             name = f"model.language_model.layers.{layer}.{proj}.weight"
             assert torch.allclose(state[name], full[f"language_model.model.layers.{layer}.{proj}.weight"],
                                   atol=1e-5), name
+
+
+@pytest.mark.parametrize("mode, extra", [("ties", {"density": 0.4}), ("tsv", {}), ("della", {"seed": 2})])
+def test_in_memory_merge_is_byte_for_byte_what_pgm_merge_writes(merge_inputs, tmp_path, mode, extra):
+    from paligemma_cli.merge.driver import prepare
+    from paligemma_cli.merge.tensors import MergeStream, merged_state_dict
+
+    p = merge_inputs
+    models = (str(p["adapter_a"]), str(p["noisy_1"]))
+    written = run_merge(p["base"], models, tmp_path / "m", mode=mode, **extra)
+    job = prepare(MergeRequest(base_model=str(p["base"]), models=models, mode=mode, **extra))
+    state, parts = merged_state_dict(job)
+    on_disk = weights(tmp_path / "m")
+    assert state.keys() == on_disk.keys()
+    for key, value in on_disk.items():
+        assert value.dtype == state[key].dtype and torch.equal(value, state[key]), key
+    assert {k: (v.tensors, v.trimmed, v.conflicts) for k, v in parts.items()} == \
+        {k: (v.tensors, v.trimmed, v.conflicts) for k, v in written.parts.items()}
+    adapter_only = prepare(MergeRequest(base_model=str(p["base"]), models=(str(p["adapter_a"]), str(p["adapter_b"])),
+                                        mode=mode, **extra))
+    changed = dict(MergeStream(adapter_only).tensors(changed_only=True))
+    assert len(changed) == 14 and TARGET in changed  # the language model's LoRA modules only
+
+
+def test_side_inputs_reach_the_method_per_tensor(merge_inputs):
+    """The hook a data-aware method (RegMean) will use: per-tensor extras from the job."""
+    from dataclasses import replace
+
+    from paligemma_cli.merge.driver import prepare
+    from paligemma_cli.merge.methods import METHODS, MergeStats
+    from paligemma_cli.merge.tensors import MergeStream
+
+    p = merge_inputs
+    seen = {}
+
+    def scaled(base, deltas, params, hints):  # a stand-in method: uses its side input as a weight
+        seen[hints.name] = hints.side
+        return hints.side * (deltas[0] + deltas[1]) / 2, MergeStats(entries=base.numel() * 2)
+
+    job = prepare(MergeRequest(base_model=str(p["base"]), models=(str(p["adapter_a"]), str(p["adapter_b"])),
+                               mode="linear"))
+    job = replace(job, method=replace(METHODS["linear"], fn=scaled), side_inputs=lambda name: 2.0)
+    state = dict(MergeStream(job).tensors(changed_only=True))
+    module = "model.language_model.layers.1.mlp.up_proj.weight"
+    assert seen[module] == 2.0 and len(seen) == 14
+    base, full_a, full_b = weights(p["base"]), weights(p["full_a"]), weights(p["full_b"])
+    expected = base[TARGET] + (full_a[TARGET] - base[TARGET]) + (full_b[TARGET] - base[TARGET])
+    assert torch.allclose(state[TARGET], expected, atol=1e-5)
