@@ -58,7 +58,7 @@ class GramAccumulator:
 
 def _spectrum(sym: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(singular values descending, right singular vectors) from a Gram matrix."""
-    values, vectors = torch.linalg.eigh((sym + sym.T) / 2)
+    values, vectors = torch.linalg.eigh(sym)  # reads the lower triangle only
     return values.flip(0).clamp_min(0).sqrt(), vectors.flip(1)
 
 
@@ -116,7 +116,10 @@ def _combine(gram: torch.Tensor, n: int, tasks: int, blocks: list, values: torch
             put(a, c, cross)
         if common is not None:  # (1 x Vs)^T G F_i = K_i B_i - Y_i
             put(len(blocks), a, common[1][i] @ b_i - (0 if y_i is None else y_i))
-    x = (_inv_sqrt(utu) * values) @ _polar_rows(rows) * scale  # q x n: M = F x
+    w = _inv_sqrt(utu).mul_(values)
+    del utu
+    x = (w @ _polar_rows(rows)).mul_(scale)  # q x n: M = F x
+    del w
     m = torch.zeros(tasks * n, n, dtype=gram.dtype, device=gram.device)
     shared = x[starts[-1]:] if common is not None else None
     for a, (t, b, y) in enumerate(blocks):
@@ -125,7 +128,9 @@ def _combine(gram: torch.Tensor, n: int, tasks: int, blocks: list, values: torch
         if y is not None:
             shared = shared - y @ part
     if common is not None:
-        m += (common[0] @ shared).repeat(tasks, 1)
+        part = common[0] @ shared
+        for t in range(tasks):
+            m[t * n:(t + 1) * n] += part
     return m
 
 
@@ -177,6 +182,7 @@ def iso_cts_coefficients(gram: torch.Tensor, tasks: int, n: int, fraction: float
             proj = torch.eye(n, dtype=gram.dtype, device=gram.device) - v[:, :cc] @ v[:, :cc].T
             residual = proj @ g_tt @ proj
         q, w = _spectrum(residual)
+        del residual
         pt = _count(q, pt, ref=float(g_tt.trace().clamp_min(0).sqrt()))
         b = w[:, :pt] / q[:pt]
         blocks.append((t, b, k[t] @ b) if left else (t, proj @ b, None))

@@ -97,7 +97,9 @@ class TensorMerge:
         self.rows = _chunk_rows(info, whole)
         raw_bytes = numel * ITEM_BYTES[info.dtype]
         n_read = 1 + sum(isinstance(i, FullModel) for i in inputs)
-        two_passes = len(self.rows) > 1 or self.streamed
+        # the SVD methods' second pass reads again: their solve, not reading, is what costs, and
+        # the memory is better spent on it
+        two_passes = len(self.rows) > 1 and not self.streamed
         self.cache: dict | None = {} if two_passes and raw_bytes * n_read <= CACHE_BYTES else None
         self.unchanged: dict = {}  # (rows, input) -> the input's rows equal the base's (checked once)
         # task-vector methods only need the base's shape; converting it is a pass they skip
@@ -256,12 +258,18 @@ class TensorMerge:
         coefficients = self.method.gram(acc.gram, tasks, min(m, n), self.p,
                                         self.rank_bounds(zero), tall).float()
         stats.add(MergeStats(entries=m * n * tasks))
-        pieces = ((base_raw, acc.apply(chunks, coefficients).mul_(self.p.lam)) for base_raw, _, chunks in views())
         if tall:
-            yield from ((base_raw, base_raw, out) for base_raw, out in pieces)
-        else:
-            outs = list(pieces)
-            yield outs[0][0], outs[0][0], torch.cat([out for _, out in outs]).T.contiguous()
+            for base_raw, _, chunks in views():
+                yield base_raw, base_raw, acc.apply(chunks, coefficients).mul_(self.p.lam)
+            return
+        out, a = torch.empty(m, n), 0
+        for _, _, chunks in views():  # column blocks of the merged matrix, filled in place
+            piece = acc.apply(chunks, coefficients)
+            out[:, a:a + piece.shape[0]] = piece.T
+            a += piece.shape[0]
+        base_raw = held[0]
+        del held, chunks, piece
+        yield base_raw, base_raw, out.mul_(self.p.lam)
 
 
 @fusable
