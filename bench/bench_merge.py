@@ -10,7 +10,7 @@ not mix (peak RSS from os.wait4's rusage, i.e. the kernel's high-water mark of t
   mergekit ...  mergekit-yaml with the equivalent recipe, installed into a throw-away venv
                 (bench/mergekit_compare.py), for ties, dare_ties and task_arithmetic; its
                 output is compared with pgm's entry by entry
-  naive         load every state dict whole, merge with the same TIES function per tensor, save
+  naive         load every state dict whole, merge them in memory (tensors.merged_state_dict), save
 
 The page cache of the inputs is dropped (posix_fadvise DONTNEED) before each run, so each starts
 from disk. The naive variant needs ~3.2x the model size in RAM; where the machine does not have
@@ -19,6 +19,11 @@ model, and the table says so. The temp dir is deleted at the end.
 
     .venv/bin/python bench/bench_merge.py [--layers-fraction 1.0] [--workdir /tmp] [--no-naive]
         [--methods ties,dare_ties,task_arithmetic] [--mergekit-venv DIR]
+        [--svd-methods tsv,iso_cts [--device auto|cpu|cuda]]
+
+`--svd-methods` times the SVD methods (no mergekit equivalent) beside pgm ties in the same run:
+read, ties cold and warm, then each method, whole processes, with their wall time, CPU time and
+peak RSS and the ratio to ties (warm). `--device cuda` runs their SVDs on the GPU.
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ sys.path.insert(0, str(ROOT))
 
 # google/paligemma-3b-pt-224: SigLIP-So400m/14 (27 layers) + projector + Gemma-2B (18 layers)
 VOCAB, HIDDEN, INTER, HEAD_DIM, KV_HEADS = 257216, 2048, 16384, 256, 1
+DEVICE = "auto"  # --device of the SVD methods (auto: CUDA when torch sees it)
 V_HIDDEN, V_INTER, PATCH, IMAGE = 1152, 4304, 14, 224
 
 
@@ -127,7 +133,7 @@ def drop_cache(*folders: Path) -> None:
 CHILD = {
     "read": """
 from paligemma_cli.merge.sources import safetensors_header, read_rows
-from paligemma_cli.merge.driver import _chunk_rows
+from paligemma_cli.merge.tensors import _chunk_rows
 total = 0
 for folder in FOLDERS:
     for key, info in safetensors_header(Path(folder), "bench").items():
@@ -136,19 +142,23 @@ for folder in FOLDERS:
 RESULT["entries"] = total
 """,
     "streaming": """
+from paligemma_cli.merge.catalog import METHOD_INFO
 from paligemma_cli.merge.driver import MergeRequest, merge
 r = merge(MergeRequest(base_model=FOLDERS[0], models=tuple(FOLDERS[1:]), output=Path(OUT), mode=MODE, overwrite=True,
-                       density=None if MODE == "task_arithmetic" else 0.3))
+                       density=0.3 if METHOD_INFO[MODE].sparsify in ("magnitude", "random") else None,
+                       device=DEVICE if METHOD_INFO[MODE].spectral else None))
+RESULT["device"] = r.params.device
 RESULT["trimmed"] = sum(s.trimmed for s in r.parts.values())
 RESULT["conflicts"] = sum(s.conflicts for s in r.parts.values())
 """,
     "naive": """
 # Load every state dict whole, then run the same merge (same math, same output bytes) from memory
-# and build the merged state dict in memory before saving it: the I/O pattern of load-everything
-# merge scripts (merge_vlm.py: three from_pretrained, state_dict(), load_state_dict, save).
+# and build the merged state dict in memory (tensors.merged_state_dict, the API `pgm study` uses)
+# before saving it: the I/O pattern of load-everything merge scripts (merge_vlm.py: three
+# from_pretrained, state_dict(), load_state_dict, save).
 from safetensors.torch import load_file, save_file
-import paligemma_cli.merge.driver as D
 import paligemma_cli.merge.sources as S
+import paligemma_cli.merge.tensors as T
 STATE = {}
 for folder in FOLDERS:
     for f in sorted(Path(folder).glob("*.safetensors")):
@@ -159,29 +169,14 @@ def from_memory(file, key, rows=None):
     t = STATE[str(file)][key]
     return t if rows is None else t[rows[0]:rows[1]]
 
-class InMemoryWriter:  # fills a merged state dict, saved in one piece at the end
-    def __init__(self, folder, tensors, **_):
-        from paligemma_cli.merge.writer import DTYPES
-        dtypes = {name: dtype for dtype, name in DTYPES.items()}
-        self.folder, self.total_bytes = Path(folder), 0
-        self.state = {k: torch.empty(shape, dtype=dtypes[d]) for k, shape, d in tensors}
-        self.filled = {k: 0 for k in self.state}
-    def write(self, name, chunk):
-        flat = self.state[name].view(-1)
-        flat[self.filled[name]:self.filled[name] + chunk.numel()] = chunk.reshape(-1)
-        self.filled[name] += chunk.numel()
-    def close(self):
-        save_file(self.state, str(self.folder / "model.safetensors"), metadata={"format": "pt"})
-        return ["model.safetensors"]
-    def abort(self):
-        pass
-
-S.read_rows = D.read_rows = from_memory
-D.ShardedWriter = InMemoryWriter
-from paligemma_cli.merge.driver import MergeRequest, merge
-r = merge(MergeRequest(base_model=FOLDERS[0], models=tuple(FOLDERS[1:]), output=Path(OUT), mode="ties", density=0.3))
-RESULT["trimmed"] = sum(s.trimmed for s in r.parts.values())
-RESULT["conflicts"] = sum(s.conflicts for s in r.parts.values())
+S.read_rows = T.read_rows = from_memory
+from paligemma_cli.merge.driver import MergeRequest, prepare
+job = prepare(MergeRequest(base_model=FOLDERS[0], models=tuple(FOLDERS[1:]), mode="ties", density=0.3))
+state, parts = T.merged_state_dict(job)
+Path(OUT).mkdir(parents=True, exist_ok=True)
+save_file(state, str(Path(OUT) / "model.safetensors"), metadata={"format": "pt"})
+RESULT["trimmed"] = sum(s.trimmed for s in parts.values())
+RESULT["conflicts"] = sum(s.conflicts for s in parts.values())
 """,
 }
 
@@ -222,10 +217,10 @@ def run_variant(name: str, folders: list[Path], out: Path, rss_limit_gb: float, 
     """Run one variant in a fresh interpreter after dropping the inputs from the page cache."""
     drop_cache(*folders)
     code = ("import json, time, sys\nfrom pathlib import Path\nsys.path.insert(0, %r)\nimport torch\n"
-            "import safetensors.torch\nFOLDERS = %r\nOUT = %r\nMODE = %r\nRESULT = {}\n"
+            "import safetensors.torch\nFOLDERS = %r\nOUT = %r\nMODE = %r\nDEVICE = %r\nRESULT = {}\n"
             "T0 = time.perf_counter()\n%s\n"
             "RESULT['seconds'] = time.perf_counter() - T0\nprint('RESULT ' + json.dumps(RESULT))\n"
-            % (str(ROOT), [str(f) for f in folders], str(out), mode, CHILD[name]))
+            % (str(ROOT), [str(f) for f in folders], str(out), mode, DEVICE, CHILD[name]))
     result, output, code = run_process([sys.executable, "-c", code], rss_limit_gb, env)
     result["variant"] = name if name != "streaming" else f"pgm {mode}"
     if "error" in result:
@@ -350,6 +345,35 @@ def side_by_side(root: Path, layers: tuple[int, int], methods: list[str], venv_r
     return rows, params
 
 
+def svd_beside_ties(root: Path, layers: tuple[int, int], methods: list[str]) -> tuple[list[dict], int]:
+    """read, pgm ties (cold, then warm torch.compile cache), then each SVD method, whole
+    processes on the same inputs; outputs deleted as they go."""
+    folders, params = generated(root, *layers)
+    compile_cache = {"TORCHINDUCTOR_CACHE_DIR": str(root / "inductor-cache")}
+    rows: list[dict] = []
+    _record(rows, run_variant("read", folders, root / "out-read", _limit()), params, os.getloadavg()[0])
+    for method, label in [("ties", "cold"), ("ties", "warm")] + [(m, "") for m in methods]:
+        load = os.getloadavg()[0]
+        row = run_variant("streaming", folders, root / f"pgm-{method}", _limit(), method, compile_cache)
+        row["variant"] += f" ({label})" if label else ""
+        _record(rows, row, params, load)
+        shutil.rmtree(root / f"pgm-{method}", ignore_errors=True)
+    return rows, params
+
+
+def svd_table(rows: list[dict], label: str) -> str:
+    """The SVD methods beside pgm's TIES: wall (whole process), CPU, peak RSS, ratio to TIES warm."""
+    ties = next(r["process_s"] for r in rows if r["variant"] == "pgm ties (warm)")
+    lines = [f"| {label} | wall (s) | x pgm ties (warm) | CPU (s) | peak RSS (GB) | SVDs on |",
+             "|---|---:|---:|---:|---:|---|"]
+    for r in rows:
+        wall = r.get("error") or f"{r['process_s']:.1f}"
+        ratio = "" if "error" in r or r["variant"] == "read" else f"{r['process_s'] / ties:.2f}"
+        device = r.get("device", "") if r["variant"].split()[1:2] in (["tsv"], ["iso_c"], ["iso_cts"]) else ""
+        lines.append(f"| {r['variant']} | {wall} | {ratio} | {r['cpu_s']:.0f} | {r['peak_rss_gb']:.2f} | {device} |")
+    return "\n".join(lines)
+
+
 def side_table(rows: list[dict], label: str) -> str:
     """pgm beside mergekit per method: wall (whole process), CPU, peak RSS, ratio, differences."""
     lines = [f"| {label} | wall (s) | x mergekit's wall | CPU (s) | peak RSS (GB) | max abs diff vs pgm "
@@ -371,7 +395,7 @@ def side_table(rows: list[dict], label: str) -> str:
 
 
 def main() -> None:
-    global VOCAB
+    global VOCAB, DEVICE
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--layers-fraction", type=float, default=1.0, help="scale the model by its layer count")
     ap.add_argument("--naive-fraction", type=float, default=1 / 3,
@@ -383,8 +407,12 @@ def main() -> None:
                     help="folder holding (or to hold) mergekit's venv, kept; default: a temp one, deleted")
     ap.add_argument("--no-naive", action="store_true", help="skip the read/streaming/naive tables")
     ap.add_argument("--vocab", type=int, default=VOCAB, help="embedding rows (fewer: a quick check of the script)")
+    ap.add_argument("--svd-methods", default="",
+                    help="SVD methods timed beside pgm ties (e.g. tsv,iso_cts; comma-separated; no mergekit rows)")
+    ap.add_argument("--device", default=DEVICE, choices=("auto", "cpu", "cuda"),
+                    help="--device of the SVD methods (auto: CUDA when torch sees it)")
     args = ap.parse_args()
-    VOCAB = args.vocab
+    VOCAB, DEVICE = args.vocab, args.device
 
     import psutil
     import torch
@@ -397,7 +425,13 @@ def main() -> None:
     root = Path(tempfile.mkdtemp(prefix="pgm-bench-merge-", dir=args.workdir))
     sections, everything = [], []
     methods = [m for m in args.methods.split(",") if m]
+    svd_methods = [m for m in args.svd_methods.split(",") if m]
     try:
+        if svd_methods:
+            rows, params = svd_beside_ties(root / "svd", layers, svd_methods)
+            sections.append(svd_table(rows, f"{params / 1e9:.2f}B params, 3 inputs, bf16"))
+            everything += rows
+            shutil.rmtree(root / "svd", ignore_errors=True)
         if methods:
             rows, params = side_by_side(root / "side", layers, methods, args.mergekit_venv or root)
             sections.append(side_table(rows, f"{params / 1e9:.2f}B params, 3 inputs, bf16"))

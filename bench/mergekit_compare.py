@@ -23,9 +23,9 @@ from pathlib import Path
 
 MERGEKIT = "mergekit==0.1.5"
 TORCH = "torch==2.13.0"  # the CPU wheel; a bare `torch` would resolve to a multi-GB CUDA build
-# mergekit's own defaults for what pgm's flags set: ties normalises (disjoint mean), dare_ties
-# and task_arithmetic do not; pgm's defaults are the same
-RECIPES = {"ties": {"normalize": True}, "dare_ties": {"normalize": False},
+# pgm's defaults for what its flags set, written out for mergekit: ties and dare_ties normalise
+# (the disjoint mean; mergekit's own default for dare_ties is off), task_arithmetic does not
+RECIPES = {"ties": {"normalize": True}, "dare_ties": {"normalize": True},
            "task_arithmetic": {"normalize": False}}
 
 
@@ -81,9 +81,10 @@ def compare(pgm_out: Path, mk_out: Path, folders: list[Path], method: str, densi
     (unstable) order puts first. So only such tie entries may differ."""
     import torch
 
-    from paligemma_cli.merge.driver import MergeRequest, _TensorMerge, resolve_params
+    from paligemma_cli.merge.driver import MergeRequest, resolve_params
     from paligemma_cli.merge.sources import module_name, open_input, read_rows, safetensors_header
     from paligemma_cli.merge.sparsify import kth_largest
+    from paligemma_cli.merge.tensors import TensorMerge
 
     method_obj, params = resolve_params(MergeRequest(
         base_model=str(folders[0]), models=tuple(str(f) for f in folders[1:]), output=Path("unused"),
@@ -98,7 +99,7 @@ def compare(pgm_out: Path, mk_out: Path, folders: list[Path], method: str, densi
         mkey = mk_names.get(module_name(key))
         if mkey is None:
             continue
-        tm = _TensorMerge(key, info, inputs, method_obj, params)
+        tm = TensorMerge(key, info, inputs, method_obj, params)
         cuts = None
         if method_obj.sparsify == "magnitude":
             numel = math.prod(info.shape)

@@ -18,6 +18,7 @@ from paligemma_cli.cli import memory as memory_cmd
 from paligemma_cli.cli import merge as merge_cmd
 from paligemma_cli.cli import predict as predict_cmd
 from paligemma_cli.cli import train as train_cmd
+from paligemma_cli.cli._once import OneValueCommand
 from paligemma_cli.cli._ui import edge
 
 app = typer.Typer(
@@ -53,7 +54,7 @@ app.command("eval", help=eval_cmd.HELP)(edge(eval_cmd.eval_command))
 # Further commands register below (one line each).
 app.command("doctor", help=doctor_cmd.HELP)(edge(doctor_cmd.doctor))
 app.command("memory-estimate", help=memory_cmd.HELP)(edge(memory_cmd.memory_estimate))
-app.command("merge", help=merge_cmd.HELP)(edge(merge_cmd.merge))
+app.command("merge", help=merge_cmd.HELP, cls=OneValueCommand)(edge(merge_cmd.merge))
 app.command("predict", help=predict_cmd.HELP)(edge(predict_cmd.predict_command))
 
 

@@ -25,6 +25,13 @@ BRIEF = {
     "magnitude_prune": "trim to --density, weighted sum (TIES without signs)",
     "layerswap": "whole decoder layers from one model per --layers range",
     "slerp": "spherical interpolation of exactly two models",
+    "tsv": "TSV-M: per-task top singular vectors, orthogonalised",
+    "iso_c": "Iso-C: SVD of the sum, all singular values equal",
+    "iso_cts": "Iso-CTS: common + task-specific subspaces, isotropic",
+    "breadcrumbs": "drop the smallest and the largest |tau|, weighted sum",
+    "breadcrumbs_ties": "Breadcrumbs' drop, then TIES sign election",
+    "della": "rank-weighted random drop (DELLA), then TIES signs",
+    "della_linear": "rank-weighted random drop (DELLA), weighted sum",
 }
 METHOD_LINES = "\n".join(f"  {name:<16} {BRIEF[name]}" for name in METHOD_INFO)
 USAGE = "pgm merge METHOD --base-model B --model A --model C -o OUT"
@@ -42,7 +49,10 @@ _PARAGRAPHS = (
     "Streams tensor by tensor (safetensors): merging two 3B models peaks at about 1.5 GB of RAM. Writes a "
     "full model folder (sharded safetensors + config + processor) that from_pretrained and pgm load; "
     "with --output-format adapter (adapters only), a LoRA of rank --rank fitted by truncated SVD, "
-    "with the relative error per module.",
+    "with the relative error per module (modules smaller than --rank keep their size, in rank_pattern).",
+    "tsv, iso_c and iso_cts take the SVD of whole 2-D task matrices (float32, float64 Gram matrices "
+    "for the large ones), on the GPU when torch sees one (--device). A method that adds several task "
+    "vectors at lambda 1 without --normalize prints a warning: its change is N experts' worth.",
     "Examples:",
     "  pgm merge ties --base-model google/paligemma-3b-pt-224 --model runs/vqav2 --model runs/coco "
     "--density 0.3 -o merged",
@@ -50,6 +60,7 @@ _PARAGRAPHS = (
     "--weight 0.5 --seed 7 -o merged",
     "  pgm merge task_arithmetic --base-model tiny --model a --model b --output-format adapter "
     "--rank 16 -o merged-lora",
+    "  pgm merge tsv --base-model tiny --model a --model b --model c --lambda 1.0 -o merged",
 )
 HELP = "\n\n".join(_PARAGRAPHS)
 
@@ -70,14 +81,25 @@ def merge(
     weight: Optional[List[float]] = typer.Option(
         None, "--weight", "-w", help="Weight of each model, in model order (default 1 each)."),
     density: Optional[float] = typer.Option(
-        None, "--density", help="Fraction of each task vector kept, in (0, 1] (ties, dare_*, magnitude_prune; default 0.3)."),
+        None, "--density", help="Fraction of each task vector kept, in (0, 1] (default 0.3: ties, dare_*, "
+                                "magnitude_prune; 0.9: breadcrumbs*; 0.7: della*)."),
     lam: Optional[float] = typer.Option(
-        None, "--lambda", help="Scale of the merged task vector (task_arithmetic, ties, dare_*, magnitude_prune; default 1)."),
-    seed: int = typer.Option(0, "--seed", help="Seed of DARE's random drop: same seed, same merge."),
+        None, "--lambda", help="Scale of the merged task vector (alpha of tsv, iso_c, iso_cts); default 1."),
+    seed: int = typer.Option(0, "--seed", help="Seed of DARE's and DELLA's random drop: same seed, same merge."),
     normalize: Optional[bool] = typer.Option(
         None, "--normalize/--no-normalize",
         help="Divide by the sum of the weights (per entry, of the agreeing ones, under sign election). "
-             "Default: on for linear and ties, off for the others (as mergekit)."),
+             "Default: on for linear, ties, dare_ties and della; off for the others."),
+    gamma: Optional[float] = typer.Option(
+        None, "--gamma", help="breadcrumbs*: fraction of the largest |tau| dropped, in [0, 1) (default 0.01)."),
+    epsilon: Optional[float] = typer.Option(
+        None, "--epsilon", help="della*: keep probabilities span density +- epsilon (default 0.1)."),
+    common_fraction: Optional[float] = typer.Option(
+        None, "--common-fraction", help="iso_cts: share of each matrix's rank given to the common subspace "
+                                        "(default 0.8)."),
+    device: Optional[str] = typer.Option(
+        None, "--device", help="tsv, iso_c, iso_cts: where the SVDs run: auto (CUDA when torch sees it), "
+                               "cpu or cuda (default auto)."),
     layers: Optional[str] = typer.Option(
         None, "--layers", help="layerswap: decoder layer ranges and the model (1.., or 'base') each comes from, e.g. 0-8=1,9-17=2."),
     output_format: str = typer.Option("full", "--output-format", help="full (a model folder) or adapter (every input an adapter)."),
@@ -114,9 +136,10 @@ def merge(
     request = MergeRequest(base_model=base_model, models=models, output=output, mode=method,
                            weights=tuple(weight) if weight else None, density=density, lam=lam, seed=seed,
                            normalize=normalize, layers=layers, output_format=output_format, rank=rank,
-                           overwrite=overwrite, check_base=not skip_base_check)
+                           overwrite=overwrite, check_base=not skip_base_check, gamma=gamma, epsilon=epsilon,
+                           common_fraction=common_fraction, device=device)
     with _progress() as progress:
-        result = run_merge(request, progress)
+        result = run_merge(request, progress, _warn)
     _report(result)
     if push_to_hub:
         from paligemma_cli.hub.push import push_merge
@@ -133,13 +156,18 @@ def merge_command(req, push_to_hub: str, hub_private: bool) -> str:
     words = ["pgm", "merge", req.mode, "--base-model", req.base_model]
     words += [w for m in req.models for w in ("--model", m)]
     words += [w for x in req.weights or () for w in ("--weight", f"{x:g}")]
-    for name, value in (("--density", req.density), ("--lambda", req.lam), ("--layers", req.layers),
-                        ("--rank", req.rank), ("--seed", req.seed or None)):
+    for name, value in (("--density", req.density), ("--lambda", req.lam), ("--gamma", req.gamma),
+                        ("--epsilon", req.epsilon), ("--common-fraction", req.common_fraction),
+                        ("--layers", req.layers), ("--rank", req.rank), ("--seed", req.seed or None)):
         words += [name, f"{value:g}" if isinstance(value, float) else str(value)] if value is not None else []
     words += [] if req.normalize is None else ["--normalize" if req.normalize else "--no-normalize"]
     words += ["--output-format", req.output_format] if req.output_format != "full" else []
     words += ([] if req.check_base else ["--skip-base-check"]) + ["-o", str(req.output), "--push-to-hub", push_to_hub]
     return shlex.join(words + (["--hub-private"] if hub_private else []))
+
+
+def _warn(line: str) -> None:
+    err_console.print(f"[bold yellow]Warning:[/] {escape(line)}", highlight=False, soft_wrap=True)
 
 
 def _resolve_method(method: str | None, mode: str | None) -> str:
@@ -191,16 +219,19 @@ def _count(n: int, of: int) -> str:
 
 def _report(result) -> None:
     p = result.params
-    knobs = [f"weights {', '.join(f'{w:g}' for w in p.weights)}"]
     info = METHOD_INFO[result.method]
+    knobs = [f"weights {', '.join(f'{w:g}' for w in p.weights)}"] if info.weighted else []
     if info.sparsify:
         knobs.append(f"density {p.density:g}")
+    knobs += [f"{name.replace('_', ' ')} {getattr(p, name):g}" for name in info.options]
     if info.takes_lambda:
         knobs.append(f"lambda {p.lam:g}")
-    if result.method not in ("slerp", "layerswap"):
+    if info.normalizable:
         knobs.append("normalized" if p.normalize else "not normalized")
     if info.random:
         knobs.append(f"seed {p.seed}")
+    if info.spectral:
+        knobs.append(f"SVDs on {p.device}")
     table = Table(title=f"pgm merge: {result.method} of {len(p.weights)} inputs "
                         f"({', '.join(sorted(set(result.kinds)))}); {'; '.join(knobs)}", title_justify="left",
                   caption="entries: task-vector entries (numel x models); trimmed: non-zero entries zeroed by "

@@ -2,8 +2,9 @@
 
 Every method returns the merged *change* to the base weight (the driver adds the base and casts
 to the base dtype), plus counters for the report. The task-vector family (task_arithmetic, ties,
-dare_*, magnitude_prune) is one generalised function with different arguments, as in mergekit and
-the TIES / DARE papers; linear, slerp and layerswap are small functions of their own.
+dare_*, magnitude_prune, breadcrumbs*, della*) is one generalised function with different
+arguments, as in mergekit and the TIES / DARE papers; linear, slerp and layerswap are small
+functions of their own, and the SVD methods (tsv, iso_c, iso_cts) live in spectral.py.
 
 Differences from PEFT's `add_weighted_adapter`: PEFT trims / drops / elects signs on the LoRA
 factors A and B separately, so its "ties" is not TIES on the weight change B·A·scale. Here every
@@ -20,55 +21,20 @@ from typing import Callable, Sequence
 import torch
 
 from paligemma_cli.errors import PgmError
+from paligemma_cli.merge import gram, spectral
 from paligemma_cli.merge.catalog import METHOD_INFO, MethodInfo
 from paligemma_cli.merge.fused import fusable
-from paligemma_cli.merge.sparsify import Cutoff, chunk_rule, dare_keep, magnitude_cutoff
+from paligemma_cli.merge.params import MergeParams, MergeStats, TensorHints
+from paligemma_cli.merge.sparsify import (breadcrumb_windows, chunk_rule, dare_keep, magnitude_cutoff,
+                                          magprune_scale)
+
+__all__ = ["METHODS", "Method", "MergeParams", "MergeStats", "TensorHints", "combine", "get_method",
+           "layer_source", "parse_layers"]
 
 # Decoder layers of the Gemma language model, in checkpoint (language_model.model.layers.N) and
 # in transformers 5 module (model.language_model.layers.N) spelling. SigLIP layers do not match.
 DECODER_LAYER = re.compile(r"(?:^|\.)language_model\.(?:model\.)?layers\.(\d+)\.")
 SLERP_COLINEAR = 0.9995  # above this |cos| the arc is numerically a line: interpolate linearly
-
-
-@dataclass
-class MergeStats:
-    """What a merge did, summed over tensors (the CLI's table)."""
-
-    tensors: int = 0
-    entries: int = 0  # task-vector entries looked at: numel x models
-    trimmed: int = 0  # non-zero entries zeroed by trimming (magnitude) or dropping (DARE)
-    conflicts: int = 0  # entries whose kept values disagreed in sign; the elected sign won
-    seconds: float = 0.0
-
-    def add(self, other: "MergeStats") -> None:
-        for name in ("tensors", "entries", "trimmed", "conflicts", "seconds"):
-            setattr(self, name, getattr(self, name) + getattr(other, name))
-
-
-@dataclass(frozen=True)
-class MergeParams:
-    """The knobs of one merge; unused ones are ignored by methods that do not take them."""
-
-    weights: tuple[float, ...]
-    density: float = 1.0
-    lam: float = 1.0
-    normalize: bool = True
-    seed: int = 0
-    # layerswap: (first layer, last layer, model index or -1 for the base), inclusive ranges
-    layers: tuple[tuple[int, int, int], ...] = ()
-
-
-@dataclass
-class TensorHints:
-    """What a method needs to know beyond the chunk's values. The driver fills `cutoffs` / `cos`
-    with whole-tensor values when it feeds a large tensor in row chunks; left None, they are
-    computed from the values given (the whole tensor)."""
-
-    name: str = ""
-    row0: int = 0
-    full_shape: tuple[int, ...] | None = None
-    cutoffs: list[Cutoff] | None = None
-    cos: float | None = None
 
 
 def combine(deltas: Sequence[torch.Tensor], weights: Sequence[float],
@@ -78,8 +44,9 @@ def combine(deltas: Sequence[torch.Tensor], weights: Sequence[float],
     """Generalised task arithmetic, the core of ties / dare_* / magnitude_prune / task_arithmetic.
 
     1. sparsify: tau_i <- tau_i * keep_i * scale (scale = 1/density rescales DARE's survivors);
-       keep_i is given, or comes from `cuts[i] = (value, keep_equal)`: |tau_i| > value, plus
-       |tau_i| == value when keep_equal is set
+       keep_i is given (a boolean mask, or a float factor per entry: DELLA's 0 or 1/p), or comes
+       from `cuts[i] = (value, keep_equal)`: |tau_i| > value, plus |tau_i| == value when
+       keep_equal is set
     2. weight:   e_i = w_i * tau_i
     3. consensus: elect the sign of sum_i e_i per entry (zero counts as +) and keep only the e_i
        with that sign (zeros never agree: trimmed entries take no part in the mean)
@@ -108,7 +75,7 @@ def _combine(deltas: list[torch.Tensor], weights: tuple[float, ...], keep: list[
             else:
                 mag = delta.abs()
                 kept = (mag > cuts[i, 0]) | ((mag == cuts[i, 0]) & (cuts[i, 1] > 0))
-            e = torch.where(kept, delta, 0.0)
+            e = delta * kept if kept.dtype.is_floating_point else torch.where(kept, delta, 0.0)
             trimmed = trimmed + (delta != 0).sum() - (e != 0).sum()
         if w * scale != 1.0:
             e = e * (w * scale)
@@ -146,8 +113,9 @@ def _combine(deltas: list[torch.Tensor], weights: tuple[float, ...], keep: list[
 def task_vector_family(base: torch.Tensor, deltas: Sequence[torch.Tensor], p: MergeParams,
                        hints: TensorHints, *, sparsify: str | None, consensus: bool
                        ) -> tuple[torch.Tensor, MergeStats]:
-    """ties / dare_ties / dare_linear / magnitude_prune / task_arithmetic: sparsify each task
-    vector (top-k by magnitude or DARE's random drop), then `combine`."""
+    """ties / dare_* / magnitude_prune / task_arithmetic / breadcrumbs* / della*: sparsify each
+    task vector (top-k by magnitude, DARE's random drop, Breadcrumbs' window, DELLA's
+    rank-weighted drop), then `combine`."""
     keep, cuts, scale = None, None, 1.0
     if sparsify == "magnitude" and p.density < 1.0:
         cutoffs = hints.cutoffs or [magnitude_cutoff(d, p.density) for d in deltas]
@@ -160,6 +128,15 @@ def task_vector_family(base: torch.Tensor, deltas: Sequence[torch.Tensor], p: Me
         keep = [dare_keep(d.shape, p.density, seed=p.seed, tensor=hints.name, model=i,
                           row0=hints.row0, full_shape=hints.full_shape) for i, d in enumerate(deltas)]
         scale = 1.0 / p.density
+    elif sparsify == "breadcrumbs" and p.density < 1.0:
+        windows = hints.windows or [breadcrumb_windows(d, p.density, p.gamma) for d in deltas]
+        keep = []
+        for d, (bottom, top) in zip(deltas, windows):
+            mag = d.abs()
+            keep.append(top.mask(mag) & ~bottom.mask(mag))  # sorted positions [n_bot, N - n_top)
+    elif sparsify == "magprune" and p.density < 1.0:
+        keep = [magprune_scale(d, p.density, p.epsilon, seed=p.seed, tensor=hints.name, model=i,
+                               row0=hints.row0, full_shape=hints.full_shape) for i, d in enumerate(deltas)]
     return combine(deltas, p.weights, keep, cuts=cuts, scale=scale, consensus=consensus,
                    normalize=p.normalize, lam=p.lam)
 
@@ -243,6 +220,9 @@ class Method(MethodInfo):
     """A merge method: its catalog entry (name, help, flags) and its function."""
 
     fn: MethodFn | None = field(default=None, repr=False)
+    # SVD methods: (Gram matrix, tasks, n, params, rank bounds, tall) -> coefficients M with
+    # merged = Z M, for matrices too large to hold (gram.py)
+    gram: Callable | None = field(default=None, repr=False)
 
     def __call__(self, base, deltas, params, hints: TensorHints | None = None):
         return self.fn(base, deltas, params, hints or TensorHints())
@@ -254,9 +234,11 @@ def _family(info: MethodInfo) -> MethodFn:
     return fn
 
 
-_FUNCTIONS: dict[str, MethodFn] = {"linear": linear, "layerswap": layerswap, "slerp": slerp}
-METHODS: dict[str, Method] = {name: Method(**vars(info), fn=_FUNCTIONS.get(name) or _family(info))
-                              for name, info in METHOD_INFO.items()}
+_FUNCTIONS: dict[str, MethodFn] = {"linear": linear, "layerswap": layerswap, "slerp": slerp,
+                                   "tsv": spectral.tsv, "iso_c": spectral.iso_c, "iso_cts": spectral.iso_cts}
+_STREAMED = {"tsv": gram.tsv_stream, "iso_c": gram.iso_c_stream, "iso_cts": gram.iso_cts_stream}
+METHODS: dict[str, Method] = {name: Method(**vars(info), fn=_FUNCTIONS.get(name) or _family(info),
+                                           gram=_STREAMED.get(name)) for name, info in METHOD_INFO.items()}
 
 
 def get_method(name: str) -> Method:

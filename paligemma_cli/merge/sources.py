@@ -133,6 +133,10 @@ class FullModel:
     def touches(self, key: str) -> bool:
         return True
 
+    def rank_bound(self, key: str) -> int | None:
+        """An upper bound on the rank of tau for `key` when one is known (never, for a full model)."""
+        return None
+
     def delta(self, key: str, rows: tuple[int, int] | None, base: torch.Tensor,
               base_raw: torch.Tensor) -> torch.Tensor | None:
         """tau for `rows` of the base's tensor `key` (fp32), or None where it equals the base."""
@@ -170,6 +174,14 @@ class Adapter:
     def touches(self, key: str) -> bool:
         name = module_name(key)
         return name in self.full or name.removesuffix(".weight") in self.modules
+
+    def rank_bound(self, key: str) -> int | None:
+        """r for a LoRA module (tau = B·A·scale has rank <= r), 0 where the adapter does not touch
+        the tensor, None for a whole weight it replaces (modules_to_save)."""
+        if module_name(key) in self.full:
+            return None
+        lora = self.module_for(key)
+        return 0 if lora is None else lora.rank
 
     def module_for(self, key: str) -> LoraModule | None:
         name = module_name(key)

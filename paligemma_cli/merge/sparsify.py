@@ -1,4 +1,5 @@
-"""Which task-vector entries survive: exact magnitude top-k and DARE's random drop.
+"""Which task-vector entries survive: exact magnitude top-k, DARE's random drop, Model
+Breadcrumbs' magnitude window and DELLA's rank-weighted random drop.
 
 TIES keeps the top `int(density * numel)` entries of |tau| per tensor. A 3B model's embedding
 task vector alone is 2 GB in fp32, so the k-th largest magnitude is found without holding the
@@ -10,8 +11,12 @@ non-negative floats the bits sort like the values) finds it instead. Entries equ
 value are kept in flat order until exactly k are kept, so the result is deterministic and does
 not depend on chunking or on the sample.
 
-DARE's masks are drawn in fixed row blocks, each from its own generator seeded by
+Breadcrumbs keeps the entries at sorted positions [n_bot, N - n_top) of a stable ascending sort
+of |tau|; each edge is a `LowerSet` (the j smallest), found with the same k-th largest search.
+
+DARE's and DELLA's masks are drawn in fixed row blocks, each from its own generator seeded by
 (seed, tensor, model, block): the same seed gives the same masks however the driver chunks.
+DELLA ranks magnitudes within each row (dim 1, as mergekit), so row chunks are independent.
 """
 
 from __future__ import annotations
@@ -74,7 +79,7 @@ def kth_largest(magnitudes: Callable[[], Iterable[tuple[int, Sequence[torch.Tens
     All models share the reads.
     """
     n = len(ks)
-    cuts: list[Cutoff | None] = [Cutoff.keep_none() if k <= 0 else Cutoff.keep_all() if k >= numel
+    cuts: list[Cutoff | None] = [Cutoff.keep_none() if k <= 0 else Cutoff.keep_all() if k > numel
                                  else None for k in ks]
     todo = [i for i in range(n) if cuts[i] is None]
     if not todo:
@@ -243,8 +248,11 @@ def _count_equal(delta: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
 
 def magnitude_cutoff(delta: torch.Tensor, density: float) -> Cutoff:
     """The cut-off keeping the top int(density * numel) entries of |delta| (whole tensor)."""
+    k = int(density * delta.numel())
+    if k >= delta.numel():
+        return Cutoff.keep_all()
     mag = delta.abs().float()
-    return kth_largest(lambda: [(mag.numel(), [mag])], [int(density * delta.numel())], delta.numel())[0]
+    return kth_largest(lambda: [(mag.numel(), [mag])], [k], delta.numel())[0]
 
 
 def rows_per_block(shape: tuple[int, ...] | torch.Size) -> int:
@@ -258,22 +266,122 @@ def _block_seed(seed: int, tensor: str, model: int, block: int) -> int:
     return int.from_bytes(digest, "little") & ((1 << 63) - 1)
 
 
-def dare_keep(shape: tuple[int, ...] | torch.Size, density: float, *, seed: int, tensor: str,
-              model: int, row0: int = 0, full_shape: tuple[int, ...] | torch.Size | None = None
-              ) -> torch.Tensor:
-    """DARE's keep mask for rows [row0, row0 + shape[0]) of a tensor: each entry kept with
-    probability `density` (dropped with 1 - density). `row0` must start a block."""
+def block_uniforms(shape: tuple[int, ...] | torch.Size, *, seed: int, tensor: str, model: int,
+                   row0: int = 0, full_shape: tuple[int, ...] | torch.Size | None = None) -> torch.Tensor:
+    """Uniform [0, 1) draws for rows [row0, row0 + shape[0]) of a tensor, from one generator per
+    random block seeded by (seed, tensor, model, block). `row0` must start a block."""
     out_shape = tuple(shape)
     full_shape = tuple(full_shape or shape)
     if len(shape) == 0:  # a scalar is one row of one entry
         shape, full_shape = (1,), (1,)
     per_block = rows_per_block(full_shape)
     if row0 % per_block:
-        raise ValueError("DARE chunks must start on a random block")
+        raise ValueError("random masks are drawn in chunks that start on a random block")
     row = math.prod(shape[1:]) if len(shape) > 1 else 1
     parts = []
     for start in range(0, shape[0], per_block):
         rows = min(per_block, shape[0] - start)
         gen = torch.Generator().manual_seed(_block_seed(seed, tensor, model, (row0 + start) // per_block))
-        parts.append(torch.rand(rows * row, generator=gen) < density)
+        parts.append(torch.rand(rows * row, generator=gen))
     return torch.cat(parts).view(out_shape)
+
+
+def dare_keep(shape: tuple[int, ...] | torch.Size, density: float, *, seed: int, tensor: str,
+              model: int, row0: int = 0, full_shape: tuple[int, ...] | torch.Size | None = None
+              ) -> torch.Tensor:
+    """DARE's keep mask for rows [row0, row0 + shape[0]) of a tensor: each entry kept with
+    probability `density` (dropped with 1 - density). `row0` must start a block."""
+    return block_uniforms(shape, seed=seed, tensor=tensor, model=model, row0=row0, full_shape=full_shape) < density
+
+
+def magprune_probabilities(delta: torch.Tensor, density: float, epsilon: float) -> torch.Tensor:
+    """DELLA's keep probability per entry: density - epsilon for the smallest |tau| of its row,
+    rising linearly with the magnitude rank to density + epsilon for the largest (mergekit's
+    `della_magprune`: ranks along dim 1, a 0-D/1-D tensor is one row; equal magnitudes are ranked
+    by index, a stable sort). A row of one entry gets `density` (mergekit divides 0 by 0 there)."""
+    mag = delta.abs().reshape(1, -1) if delta.dim() < 2 else delta.abs()
+    n = mag.shape[1]
+    if n < 2:
+        return torch.full(delta.shape, float(density))
+    ranks = torch.argsort(torch.argsort(mag, dim=1, stable=True), dim=1).to(torch.float32)
+    return ((density - epsilon) + ranks * (2 * epsilon / (n - 1))).view(delta.shape)
+
+
+def magprune_scale(delta: torch.Tensor, density: float, epsilon: float, *, seed: int, tensor: str,
+                   model: int, row0: int = 0, full_shape: tuple[int, ...] | torch.Size | None = None
+                   ) -> torch.Tensor:
+    """DELLA's MAGPRUNE as a factor per entry: 1/p where the entry is kept (with probability p,
+    `magprune_probabilities`), 0 where it is dropped, so the expectation of the result is tau."""
+    probs = magprune_probabilities(delta, density, epsilon)
+    draws = block_uniforms(delta.shape, seed=seed, tensor=f"della|{tensor}", model=model, row0=row0,
+                           full_shape=full_shape)
+    return torch.where(draws < probs, 1.0 / probs, 0.0)
+
+
+def breadcrumb_counts(numel: int, density: float, gamma: float) -> tuple[int, int]:
+    """(n_bot, n_top): how many of the smallest and of the largest |tau| Breadcrumbs drops
+    (mergekit's `magnitude_outliers`): keep = int(density N), n_top = int(gamma N),
+    n_bot = N - keep - n_top, and where that is negative n_top shrinks by it and n_bot is 0."""
+    keep = int(density * numel)
+    n_top = int(gamma * numel)
+    n_bot = numel - keep - n_top
+    if n_bot < 0:
+        n_top += n_bot
+        n_bot = 0
+    return n_bot, n_top
+
+
+@dataclass
+class LowerSet:
+    """The j smallest |tau| of a tensor under a stable ascending sort: every entry below `value`,
+    plus the first `first` entries equal to it in flat order (consumed as chunks are masked in
+    order, like `Cutoff.ties`)."""
+
+    value: float
+    first: int = 0
+
+    @classmethod
+    def from_cutoff(cls, j: int, numel: int, cut: Cutoff) -> "LowerSet":
+        """The j smallest, from the cut-off that keeps the k = numel - j + 1 largest (the j-th
+        smallest is the k-th largest)."""
+        if j <= 0:
+            return cls(value=0.0)  # magnitudes are >= 0: nothing is below 0
+        if j >= numel:
+            return cls(value=math.inf)
+        above = (numel - j + 1) - cut.ties  # entries greater than cut.value
+        below = numel - above - cut.equal
+        return cls(value=cut.value, first=j - below)
+
+    def mask(self, mag: torch.Tensor) -> torch.Tensor:
+        below = mag < self.value
+        if self.first <= 0:
+            return below
+        equal = mag == self.value
+        n_equal = int(equal.count_nonzero())
+        if n_equal <= self.first:
+            self.first -= n_equal
+            return below | equal
+        below = below.contiguous()  # the quota runs out in this chunk: the first `first` in flat order
+        below.view(-1)[equal.reshape(-1).nonzero()[:self.first, 0]] = True
+        self.first = 0
+        return below
+
+
+def window_sets(magnitudes, numel: int, n_models: int, density: float, gamma: float,
+                sample: Sequence[torch.Tensor | None] | None = None) -> list[tuple[LowerSet, LowerSet]]:
+    """Per model, Breadcrumbs' (bottom, top) LowerSets: the window kept is top minus bottom, the
+    sorted positions [n_bot, N - n_top). `magnitudes` and `sample` are as for `kth_largest`."""
+    n_bot, n_top = breadcrumb_counts(numel, density, gamma)
+    edges = (n_bot, numel - n_top)
+    ks = [numel - j + 1 for j in edges for _ in range(n_models)]
+    doubled = None if sample is None else list(sample) * 2
+    cuts = kth_largest(lambda: ((size, list(mags) * 2) for size, mags in magnitudes()), ks, numel, doubled)
+    sets = [LowerSet.from_cutoff(j, numel, cuts[e * n_models + i]) for e, j in enumerate(edges)
+            for i in range(n_models)]
+    return [(sets[i], sets[n_models + i]) for i in range(n_models)]
+
+
+def breadcrumb_windows(delta: torch.Tensor, density: float, gamma: float) -> tuple[LowerSet, LowerSet]:
+    """Breadcrumbs' (bottom, top) for one whole task vector."""
+    mag = delta.abs().float()
+    return window_sets(lambda: [(mag.numel(), [mag])], delta.numel(), 1, density, gamma)[0]

@@ -3,7 +3,7 @@
 adapter_a / adapter_b  LoRA adapters on the language model with non-zero B (init_lora_weights=False);
                        a uses rank_pattern + alpha_pattern, b uses rsLoRA, so the scales differ
 full_a / full_b        the same adapters merged into the base (merge_and_unload + save_pretrained)
-noisy_1 / noisy_2      "full fine-tunes": every weight of the base plus noise, embedding included
+noisy_1 / _2 / _3      "full fine-tunes": every weight of the base plus noise, embedding included
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ def merge_inputs(tiny_model_dir, tmp_path_factory) -> dict[str, Path]:
         peft_model.merge_and_unload().save_pretrained(root / f"full_{name}")
         paths[f"adapter_{name}"], paths[f"full_{name}"] = root / f"adapter_{name}", root / f"full_{name}"
     weights = load_file(Path(tiny_model_dir) / "model.safetensors")
-    for seed in (1, 2):
+    for seed in (1, 2, 3):
         folder = root / f"noisy_{seed}"
         shutil.copytree(tiny_model_dir, folder)
         gen = torch.Generator().manual_seed(seed)

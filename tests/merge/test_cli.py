@@ -226,3 +226,59 @@ def test_a_disk_that_fills_mid_merge_is_one_line_and_the_earlier_merge_stays(two
     assert f"Writing {out} failed: No space left on device (it needs " in lines[0] and "free)" in lines[0]
     assert folder_bytes(out) == before  # nothing half-written, nothing hidden left beside it
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]
+
+
+@pytest.mark.parametrize("flags, needle", [
+    (["--density", "0.3", "--density", "0.5"], "--density was given 2 times (0.3, 0.5)"),
+    (["--lambda", "1", "--lambda=0.5"], "--lambda was given 2 times (1, 0.5)"),
+    (["--normalize", "--no-normalize"], "--normalize was given 2 times (--normalize, --no-normalize)"),
+    (["--output-format", "adapter", "--rank", "4", "--rank", "8"], "--rank was given 2 times (4, 8)"),
+])
+def test_a_single_value_flag_given_twice_is_an_error_not_last_wins(two, tmp_path, flags, needle):
+    out = tmp_path / "m"
+    assert_one_line_error(*invoke("ties", *two, "-o", out, *flags), out, needle, "Give")
+
+
+def test_repeatable_flags_still_repeat(two, tmp_path):
+    result, text = invoke("ties", *two, "-o", tmp_path / "m", "--weight", "1", "--weight", "2")
+    assert result.exit_code == 0, text
+
+
+@pytest.mark.parametrize("flags, needle", [
+    (["--mode", "tsv", "--density", "0.5"], "--density has no effect with --mode tsv"),
+    (["--mode", "iso_c", "--weight", "1", "--weight", "2"], "--weight has no effect with --mode iso_c"),
+    (["--mode", "iso_c", "--normalize"], "--normalize/--no-normalize has no effect with --mode iso_c"),
+    (["--mode", "ties", "--gamma", "0.1"], "--gamma has no effect with --mode ties"),
+    (["--mode", "ties", "--device", "cpu"], "--device has no effect with --mode ties"),
+    (["--mode", "breadcrumbs", "--gamma", "1.5"], "--gamma must be in [0, 1) (got 1.5)"),
+    (["--mode", "iso_cts", "--common-fraction", "0"], "--common-fraction must be in (0, 1] (got 0)"),
+    (["--mode", "della", "--density", "0.95"], "--density 0.95 and --epsilon 0.1 give keep probabilities outside"),
+    (["--mode", "della", "--epsilon", "nan"], "--epsilon must be a finite number"),
+    (["--mode", "tsv", "--device", "tpu"], "--device must be auto, cpu or cuda"),
+])
+def test_new_method_flags_are_checked_up_front(two, tmp_path, flags, needle):
+    out = tmp_path / "m"
+    assert_one_line_error(*invoke(*two, "-o", out, *flags), out, needle)
+
+
+def test_an_unnormalised_sum_of_several_task_vectors_warns_once(merge_inputs, tmp_path):
+    three = ["--base-model", merge_inputs["base"]] + [x for n in ("noisy_1", "noisy_2", "noisy_3")
+                                                      for x in ("--model", merge_inputs[n])]
+    result, text = invoke("dare_linear", *three, "-o", tmp_path / "a")
+    assert result.exit_code == 0, text
+    warnings = [line for line in text.splitlines() if "Warning:" in line]
+    assert len(warnings) == 1 and "adds 3 task vectors at lambda 1" in warnings[0]
+    assert json.loads((tmp_path / "a" / "pgm_merge.json").read_text())["warnings"]
+    for flags in (["--lambda", "0.33"], ["--normalize"]):
+        result, text = invoke("dare_linear", *three, "-o", tmp_path / flags[0][2:], *flags)
+        assert result.exit_code == 0 and "Warning" not in text, text
+    result, text = invoke("dare_ties", *three, "-o", tmp_path / "dt")  # normalised by default now
+    assert result.exit_code == 0 and "Warning" not in text and "normalized" in text, text
+
+
+def test_svd_method_reports_its_device_and_recipe(two, tmp_path):
+    result, text = invoke("iso_cts", *two, "-o", tmp_path / "m", "--common-fraction", "0.6", "--device", "cpu")
+    assert result.exit_code == 0, text
+    assert "SVDs on cpu" in text and "common fraction 0.6" in text
+    recipe = json.loads((tmp_path / "m" / "pgm_merge.json").read_text())
+    assert recipe["mode"] == "iso_cts" and recipe["common_fraction"] == 0.6 and recipe["device"] == "cpu"

@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from paligemma_cli.merge import driver, sparsify
+from paligemma_cli.merge import sparsify, tensors
 from paligemma_cli.merge.driver import MergeRequest, merge
 
 TARGET = "language_model.model.layers.1.mlp.up_proj.weight"
@@ -102,8 +102,8 @@ def test_streaming_in_row_chunks_writes_identical_bytes(merge_inputs, tmp_path, 
     p = merge_inputs
     monkeypatch.setattr(sparsify, "RNG_BLOCK", 256)  # DARE blocks of 4 rows of 64
     run_merge(p["base"], [p["noisy_1"], p["noisy_2"]], tmp_path / "whole", mode=mode, **extra)
-    monkeypatch.setattr(driver, "CHUNK_ENTRIES", 2048)  # the 1792 x 64 embedding: 56 chunks
-    monkeypatch.setattr(driver, "CACHE_BYTES", 0)  # and read again for the second pass
+    monkeypatch.setattr(tensors, "CHUNK_ENTRIES", 2048)  # the 1792 x 64 embedding: 56 chunks
+    monkeypatch.setattr(tensors, "CACHE_BYTES", 0)  # and read again for the second pass
     monkeypatch.setattr(sparsify, "SMALL_TENSOR", 0)  # radix select on every tensor
     run_merge(p["base"], [p["noisy_1"], p["noisy_2"]], tmp_path / "chunked", mode=mode, **extra)
     whole, chunked = weights(tmp_path / "whole"), weights(tmp_path / "chunked")
@@ -117,7 +117,7 @@ def test_fused_task_arithmetic_of_full_models_matches_the_method_byte_for_byte(m
 
     p, kw = merge_inputs, dict(weights=(1.0, 0.5), lam=0.8, normalize=True)
     run_merge(p["base"], [p["noisy_1"], p["noisy_2"]], tmp_path / "ta", mode="task_arithmetic", **kw)
-    monkeypatch.setattr(driver, "CHUNK_ENTRIES", 2048)  # the embedding in row chunks
+    monkeypatch.setattr(tensors, "CHUNK_ENTRIES", 2048)  # the embedding in row chunks
     run_merge(p["base"], [p["noisy_1"], p["noisy_2"]], tmp_path / "chunked", mode="task_arithmetic", **kw)
     base, one, two = weights(p["base"]), weights(p["noisy_1"]), weights(p["noisy_2"])
     merged, chunked = weights(tmp_path / "ta"), weights(tmp_path / "chunked")
@@ -179,3 +179,86 @@ def test_compiled_kernels_give_the_eager_result(merge_inputs, tmp_path, monkeypa
     assert {k: (v.trimmed, v.conflicts) for k, v in eager.parts.items()} == \
         {k: (v.trimmed, v.conflicts) for k, v in compiled.parts.items()}
     assert_same(weights(tmp_path / "eager"), weights(tmp_path / "compiled"), atol=1e-6)
+
+
+def test_adapter_output_at_the_default_rank_loads_where_a_module_is_smaller(merge_inputs, tmp_path):
+    """Issue #22: two rank-24 adapters merge into a rank-48 LoRA, but k_proj / v_proj (32 x 64)
+    can only hold rank 32. adapter_config.json must say so (rank_pattern) or PEFT refuses it."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForImageTextToText
+
+    from paligemma_cli.config import ModelConfig
+    from paligemma_cli.model.load import lora_target_regex, load_for_inference
+
+    p = merge_inputs
+    for i in range(2):
+        torch.manual_seed(200 + i)
+        model = AutoModelForImageTextToText.from_pretrained(p["base"])
+        get_peft_model(model, LoraConfig(r=24, lora_alpha=48, target_modules=lora_target_regex(("language",)),
+                                         init_lora_weights=False)).save_pretrained(tmp_path / f"r24_{i}")
+    adapters = [tmp_path / "r24_0", tmp_path / "r24_1"]
+    result = run_merge(p["base"], adapters, tmp_path / "lora", mode="task_arithmetic", weights=(0.5, 1.0),
+                       output_format="adapter")
+    config = json.loads((tmp_path / "lora" / "adapter_config.json").read_text())
+    small = "model.language_model.layers.0.self_attn.k_proj"
+    assert config["r"] == 48 and config["rank_pattern"][small] == 32 and config["alpha_pattern"][small] == 32
+    assert len(config["rank_pattern"]) == 4 and "rank_pattern" in result.notes[0]
+    assert max(result.lowrank_errors.values()) < 1e-5  # rank 24 + 24 (or the smaller side) holds the sum
+    run_merge(p["base"], adapters, tmp_path / "full", mode="task_arithmetic", weights=(0.5, 1.0))
+    model = load_for_inference(ModelConfig(model_path=str(p["base"]), quantization="none", compute_dtype="fp32"),
+                               adapter=tmp_path / "lora")
+    state = model.merge_and_unload().state_dict()
+    full = weights(tmp_path / "full")
+    for layer in (0, 1):
+        for proj in ("self_attn.k_proj", "self_attn.q_proj", "mlp.down_proj"):
+            name = f"model.language_model.layers.{layer}.{proj}.weight"
+            assert torch.allclose(state[name], full[f"language_model.model.layers.{layer}.{proj}.weight"],
+                                  atol=1e-5), name
+
+
+@pytest.mark.parametrize("mode, extra", [("ties", {"density": 0.4}), ("tsv", {}), ("della", {"seed": 2})])
+def test_in_memory_merge_is_byte_for_byte_what_pgm_merge_writes(merge_inputs, tmp_path, mode, extra):
+    from paligemma_cli.merge.driver import prepare
+    from paligemma_cli.merge.tensors import MergeStream, merged_state_dict
+
+    p = merge_inputs
+    models = (str(p["adapter_a"]), str(p["noisy_1"]))
+    written = run_merge(p["base"], models, tmp_path / "m", mode=mode, **extra)
+    job = prepare(MergeRequest(base_model=str(p["base"]), models=models, mode=mode, **extra))
+    state, parts = merged_state_dict(job)
+    on_disk = weights(tmp_path / "m")
+    assert state.keys() == on_disk.keys()
+    for key, value in on_disk.items():
+        assert value.dtype == state[key].dtype and torch.equal(value, state[key]), key
+    assert {k: (v.tensors, v.trimmed, v.conflicts) for k, v in parts.items()} == \
+        {k: (v.tensors, v.trimmed, v.conflicts) for k, v in written.parts.items()}
+    adapter_only = prepare(MergeRequest(base_model=str(p["base"]), models=(str(p["adapter_a"]), str(p["adapter_b"])),
+                                        mode=mode, **extra))
+    changed = dict(MergeStream(adapter_only).tensors(changed_only=True))
+    assert len(changed) == 14 and TARGET in changed  # the language model's LoRA modules only
+
+
+def test_side_inputs_reach_the_method_per_tensor(merge_inputs):
+    """The hook a data-aware method (RegMean) will use: per-tensor extras from the job."""
+    from dataclasses import replace
+
+    from paligemma_cli.merge.driver import prepare
+    from paligemma_cli.merge.methods import METHODS, MergeStats
+    from paligemma_cli.merge.tensors import MergeStream
+
+    p = merge_inputs
+    seen = {}
+
+    def scaled(base, deltas, params, hints):  # a stand-in method: uses its side input as a weight
+        seen[hints.name] = hints.side
+        return hints.side * (deltas[0] + deltas[1]) / 2, MergeStats(entries=base.numel() * 2)
+
+    job = prepare(MergeRequest(base_model=str(p["base"]), models=(str(p["adapter_a"]), str(p["adapter_b"])),
+                               mode="linear"))
+    job = replace(job, method=replace(METHODS["linear"], fn=scaled), side_inputs=lambda name: 2.0)
+    state = dict(MergeStream(job).tensors(changed_only=True))
+    module = "model.language_model.layers.1.mlp.up_proj.weight"
+    assert seen[module] == 2.0 and len(seen) == 14
+    base, full_a, full_b = weights(p["base"]), weights(p["full_a"]), weights(p["full_b"])
+    expected = base[TARGET] + (full_a[TARGET] - base[TARGET]) + (full_b[TARGET] - base[TARGET])
+    assert torch.allclose(state[TARGET], expected, atol=1e-5)
