@@ -44,14 +44,13 @@ def check_output(req: MergeRequest, base_folder: Path, inputs: list) -> None:
 
 
 def _open(req: MergeRequest):
-    method, params = resolve_params(req)
     base_folder = local_folder(req.base_model, "--base-model")
     if not (base_folder / "config.json").exists():
         hint = "It is a LoRA adapter: pass it with --model and its base with --base-model." \
             if (base_folder / "adapter_config.json").exists() else "Point it at a model folder."
         raise PgmError(f"--base-model {req.base_model} has no config.json.", hint)
     inputs = [open_input(spec, "--model") for spec in req.models]
-    return method, params, base_folder, inputs
+    return base_folder, inputs
 
 
 def _check(req: MergeRequest, method, params: MergeParams, base_folder: Path, inputs: list) -> MergeJob:
@@ -70,7 +69,8 @@ def _check(req: MergeRequest, method, params: MergeParams, base_folder: Path, in
 def prepare(req: MergeRequest) -> MergeJob:
     """Open and check the inputs of `req` (its output is not looked at): a job to merge in memory
     with tensors.MergeStream(job) or tensors.merged_state_dict(job)."""
-    method, params, base_folder, inputs = _open(req)
+    method, params = resolve_params(req)
+    base_folder, inputs = _open(req)
     return _check(req, method, params, base_folder, inputs)
 
 
@@ -80,8 +80,9 @@ def merge(req: MergeRequest, progress: Progress | None = None, on_warning: Warn 
     they are known, and into the result."""
     if req.output is None:
         raise PgmError("--output is required.", "Name a folder to create.")
-    method, params, base_folder, inputs = _open(req)
+    method, params = resolve_params(req)  # the flags first, then the output, then the inputs
     notes = outputs.check_output(Path(req.output).expanduser(), "merge", overwrite=req.overwrite, flag="--output")
+    base_folder, inputs = _open(req)
     check_output(req, base_folder, inputs)
     job = _check(req, method, params, base_folder, inputs)
     warnings = warnings_for(method, params)
