@@ -38,3 +38,7 @@ class Events:
 
     def eval_end(self, metrics: dict[str, Any]) -> None:
         """Generation and scoring finished."""
+
+    def study_cell(self, done: int, total: int, label: str, score: float, seconds: float) -> None:
+        """A study cell (one model on one task) finished: `done` of `total`, its 0-100 score, and
+        the seconds it took (loading or merging the model included for its first task)."""

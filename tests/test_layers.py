@@ -16,7 +16,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "paligemma_cli"
 LAYERS = {  # a part may import parts of a lower number only (and itself)
     "__init__": 0, "errors": 0, "config": 0, "events": 0, "outputs": 0,
     "metrics": 1, "data": 2, "tasks": 3, "model": 4,
-    "infer": 5, "merge": 5, "diagnose": 5, "hub": 5, "train": 6,
+    "infer": 5, "merge": 5, "diagnose": 5, "hub": 5, "train": 6, "study": 6,
     "cli": 7, "__main__": 8,
 }
 ALSO_ALLOWED = {("train", "infer")}

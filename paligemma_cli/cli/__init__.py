@@ -17,6 +17,7 @@ from paligemma_cli.cli import eval as eval_cmd
 from paligemma_cli.cli import memory as memory_cmd
 from paligemma_cli.cli import merge as merge_cmd
 from paligemma_cli.cli import predict as predict_cmd
+from paligemma_cli.cli import study as study_cmd
 from paligemma_cli.cli import train as train_cmd
 from paligemma_cli.cli._once import OneValueCommand
 from paligemma_cli.cli._ui import edge
@@ -48,14 +49,15 @@ def _root(version: Optional[bool] = typer.Option(
     """
 
 
-app.command("train", help=train_cmd.HELP)(edge(train_cmd.train))
+app.command("train", help=train_cmd.HELP, cls=OneValueCommand)(edge(train_cmd.train))
 app.add_typer(data_cmd.app, name="data")
-app.command("eval", help=eval_cmd.HELP)(edge(eval_cmd.eval_command))
+app.command("eval", help=eval_cmd.HELP, cls=OneValueCommand)(edge(eval_cmd.eval_command))
 # Further commands register below (one line each).
-app.command("doctor", help=doctor_cmd.HELP)(edge(doctor_cmd.doctor))
-app.command("memory-estimate", help=memory_cmd.HELP)(edge(memory_cmd.memory_estimate))
+app.command("doctor", help=doctor_cmd.HELP, cls=OneValueCommand)(edge(doctor_cmd.doctor))
+app.command("memory-estimate", help=memory_cmd.HELP, cls=OneValueCommand)(edge(memory_cmd.memory_estimate))
 app.command("merge", help=merge_cmd.HELP, cls=OneValueCommand)(edge(merge_cmd.merge))
-app.command("predict", help=predict_cmd.HELP)(edge(predict_cmd.predict_command))
+app.command("predict", help=predict_cmd.HELP, cls=OneValueCommand)(edge(predict_cmd.predict_command))
+app.command("study", help=study_cmd.HELP, cls=OneValueCommand)(edge(study_cmd.study))
 
 
 def main() -> None:

@@ -212,20 +212,29 @@ def submission_bytes(task: Task, result: EvalResult) -> bytes:
                                 for r in result.rows])
 
 
+def eval_inputs(task: Task, data, *, images: bool = True, always_normalize: bool = False,
+                anls_variant: str = "rrc", events: Events | None = None) -> tuple[list[Example], dict[str, Any]]:
+    """The examples of `task`'s eval split and what its scorer needs beyond them (`extra`), read once.
+    `images`: check every image opens first (scoring a results file never opens one)."""
+    from paligemma_cli.tasks.sources import check_image_files, load_examples, split_for
+
+    split = split_for(task, data, "eval")
+    examples = load_examples(task, data, "eval", check_images=False)
+    if images:
+        check_image_files(examples, events)
+    with paused_gc():
+        extra = task.load_score_extra(Path(data.data_root), split) if data.data_root is not None else {}
+    extra["always_normalize"], extra["anls_variant"] = always_normalize, anls_variant
+    return examples, extra
+
+
 def run_evaluation(task: Task, data, *, model_cfg=None, adapter: Path | None = None,
                    predictions_file: Path | None = None, max_new_tokens: int | None = None,
                    batch_size: int = 16, always_normalize: bool = False, anls_variant: str = "rrc",
                    events: Events | None = None) -> EvalResult:
     """`pgm eval`: score a results file, or generate with the model (+ adapter) and score."""
-    from paligemma_cli.tasks.sources import check_image_files, load_examples, split_for
-
-    split = split_for(task, data, "eval")
-    examples = load_examples(task, data, "eval", check_images=False)
-    if predictions_file is None:  # scoring a results file never opens an image
-        check_image_files(examples, events)
-    with paused_gc():
-        extra = task.load_score_extra(Path(data.data_root), split) if data.data_root is not None else {}
-    extra["always_normalize"], extra["anls_variant"] = always_normalize, anls_variant
+    examples, extra = eval_inputs(task, data, images=predictions_file is None, always_normalize=always_normalize,
+                                  anls_variant=anls_variant, events=events)
     if predictions_file is not None:
         with paused_gc():  # a results file is millions of small objects and scoring makes no cycles
             predictions, notes = read_predictions(task, predictions_file)

@@ -126,8 +126,13 @@ def load_processor(model_path: str, revision: str | None = None):
         raise _hub_error(model_path, exc) from None
 
 
-def load_model(cfg: ModelConfig, *, for_training: bool = True):
-    """Load the base model, quantised per `cfg`, on the available device."""
+def load_model(cfg: ModelConfig, *, for_training: bool = True, state_dict: dict | None = None):
+    """Load the base model, quantised per `cfg`, on the available device.
+
+    `state_dict` (checkpoint tensor names -> tensors, e.g. a merge computed in memory) replaces the
+    weights read from `cfg.model_path`'s files; everything else (config, dtype casts, quantisation)
+    is exactly what loading a folder holding those tensors does.
+    """
     import torch
     from transformers import AutoModelForImageTextToText
 
@@ -135,6 +140,13 @@ def load_model(cfg: ModelConfig, *, for_training: bool = True):
     quant = build_quantization_config(cfg)
     dtype = resolve_compute_dtype(cfg.compute_dtype)
     kwargs: dict[str, Any] = {"revision": cfg.revision, "dtype": dtype}
+    loader, source = AutoModelForImageTextToText, path
+    if state_dict is not None:  # from_pretrained takes in-memory weights only without a name (so no Auto class)
+        import transformers
+
+        config = transformers.AutoConfig.from_pretrained(path, revision=cfg.revision)
+        loader, source = getattr(transformers, config.architectures[0]), None
+        kwargs.update(state_dict=state_dict, config=config)
     if quant is not None:
         kwargs["quantization_config"] = quant
         # Each data-parallel process keeps its quantised copy on its own GPU (accelerate sets
@@ -142,7 +154,7 @@ def load_model(cfg: ModelConfig, *, for_training: bool = True):
         local = int(os.environ.get("LOCAL_RANK", "0"))
         kwargs["device_map"] = {"": local} if torch.cuda.is_available() else {"": "cpu"}
     try:
-        model = AutoModelForImageTextToText.from_pretrained(path, **kwargs)
+        model = loader.from_pretrained(source, **kwargs)
     except PgmError:
         raise
     except ImportError as exc:

@@ -50,6 +50,7 @@ class Task:
     train_split: str = "train"
     eval_split: str = "val"
     headline: str = "accuracy"  # the metric `--eval-steps` tracks (higher is better)
+    headline_scale: float = 1.0  # x this puts the headline on the 0-100 scale papers report
     id_key: str = "question_id"  # id field of the official result format
     id_type: type = int  # what the official files' ids are (results may write them as strings)
     answer_key: str = "answer"  # answer field of the official result format
@@ -57,6 +58,12 @@ class Task:
     hf_splits: dict[str, str] = {}
 
     # ----- prompts and targets -------------------------------------------------------------
+
+    def headline_0_100(self, metrics: dict) -> float | None:
+        """The headline metric on the 0-100 scale papers use (ANLS and CIDEr x 100), None if absent."""
+        value = metrics.get(self.headline)
+        return None if value is None else float(value) * self.headline_scale
+
     def prefix(self, question: str | None, template: str | None = None) -> str:
         return (template or self.prompt_template).format(question=question or "").strip()
 

@@ -58,6 +58,7 @@ class COCOCaptions(Task):
     train_split = "train2017"
     eval_split = "val2017"
     headline = "CIDEr"
+    headline_scale = 100.0  # papers report CIDEr x 100
     id_key, answer_key = "image_id", "caption"
     hf_id = "lmms-lab/COCO-Caption2017"
     hf_splits = {"val2017": "val"}

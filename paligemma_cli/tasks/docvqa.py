@@ -66,6 +66,7 @@ class DocVQA(Task):
     train_split = "train"
     eval_split = "val"
     headline = "anls"
+    headline_scale = 100.0  # papers report anls x 100
     id_key, answer_key = "questionId", "answer"
     hf_id = "lmms-lab/DocVQA"
     hf_splits = {"val": "validation", "test": "test"}

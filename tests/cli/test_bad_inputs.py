@@ -659,6 +659,50 @@ def val_image(i: Inputs) -> Path:
     return sorted((i.data() / "val2014").iterdir())[0]
 
 
+def study_file(i: Inputs, extra: str = "", grid: str = "[{method: ties, density: [0.3, 0.5]}]",
+               data_root: Path | None = None) -> Path:
+    i.folder("run-a")
+    root = data_root if data_root is not None else i.data()
+    return i.file("study.yaml", f"base_model: tiny\nexperts:\n  vqav2: {{path: run-a, data_root: {root}}}\n"
+                                f"grid: {grid}\n{extra}")
+
+
+@case("study: unknown key")
+def _(i):
+    return Case(["study", study_file(i, "max_samples: 8\n"), "-o", i.tmp / "s"],
+                ["study.yaml: unknown key 'max_samples'", "The keys are"])
+
+
+@case("study: data root missing")
+def _(i):
+    return Case(["study", study_file(i, data_root=i.tmp / "nodata"), "-o", i.tmp / "s"],
+                ["experts.vqav2.data_root", "nodata does not exist", "pgm data layout"])
+
+
+@case("study: density nan")
+def _(i):
+    return Case(["study", study_file(i, grid="[{method: ties, density: [0.3, .nan]}]"), "-o", i.tmp / "s"],
+                ["grid[0] (ties) density must be finite numbers", "Fix the value"])
+
+
+@case("study: unknown method")
+def _(i):
+    return Case(["study", study_file(i, grid="[{method: tsvm}]"), "-o", i.tmp / "s"],
+                ["grid[0]: unknown method 'tsvm'", "The methods are"])
+
+
+@case("study: --max-eval-samples twice")
+def _(i):
+    return Case(["study", study_file(i), "-o", i.tmp / "s", "--max-eval-samples", "8", "--max-eval-samples", "16"],
+                ["--max-eval-samples was given 2 times (8, 16)", "Give --max-eval-samples once"])
+
+
+@case("study: output holds foreign files")
+def _(i):
+    i.folder("s", notes__txt="mine")
+    return Case(["study", study_file(i), "-o", i.tmp / "s"], ["holds notes.txt, which pgm did not write"])
+
+
 @case("predict: image missing")
 def _(i):
     return Case(["predict", *TINY, val_image(i), i.tmp / "holiday.jpg"],
@@ -749,7 +793,7 @@ def run_pgm(args: list, cwd: Path) -> subprocess.CompletedProcess:
 def test_the_catalogue_is_large_enough_and_documented():
     assert len(CASES) >= 25
     per_command = Counter(name.split(":")[0] for name in CASES)
-    assert set(per_command) == {"train", "eval", "data synth", "merge", "predict", "doctor", "memory-estimate"}
+    assert set(per_command) == {"train", "eval", "data synth", "merge", "predict", "study", "doctor", "memory-estimate"}
     doc = (Path(__file__).parents[2] / "docs" / "troubleshooting.md").read_text()
     assert f"**{len(CASES)} distinct bad inputs**" in doc
     for command, count in per_command.items():
