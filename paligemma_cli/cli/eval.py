@@ -5,7 +5,7 @@ from __future__ import annotations
 from contextlib import nullcontext
 from dataclasses import fields
 from pathlib import Path
-from typing import Literal, Optional
+from typing import List, Literal, Optional
 
 import typer
 from rich.markup import escape
@@ -27,6 +27,8 @@ Examples:
   pgm eval --task vqav2 --model-path google/paligemma-3b-pt-448 --adapter runs/vqav2 --data-root /data/vqav2
 
   pgm eval --task gqa --predictions results.json --data-root /data/gqa --split testdev
+
+  pgm eval --task vqav2=/data/vqav2 --task gqa=/data/gqa --model-path merged/ -o outputs/merged
 """
 
 
@@ -40,7 +42,9 @@ def _params():
 
 @command_with(_params())
 def eval_command(
-    task: str = typer.Option(..., "--task", "-t", help="coco, docvqa, gqa or vqav2."),
+    task: List[str] = typer.Option(..., "--task", "-t", help="coco, docvqa, gqa or vqav2 (with --data-root or "
+                                   "another source); or TASK=DATA_ROOT, repeatable: one model load, each task "
+                                   "in OUTPUT_DIR/TASK/ and a summary table."),
     split: Optional[str] = typer.Option(None, "--split", help="Split to evaluate; default per task "
                                         "(vqav2 val2014, gqa testdev, docvqa val, coco val2017).",
                                         rich_help_panel="Data"),
@@ -70,14 +74,15 @@ def eval_command(
                                    "--output-dir (and a --submission file pgm wrote)."),
     **values,
 ) -> None:
-    from paligemma_cli.config import build_run
     from paligemma_cli.errors import PgmError
-    from paligemma_cli.tasks import get_task
 
-    t = get_task(task)
+    tasks = _task_roots(task, values.get("data_root"))
     if predictions is not None and adapter is not None:
         raise PgmError("--predictions and --adapter exclude each other.",
                        "Score a file (--predictions) or run a model (--model-path/--adapter), not both.")
+    if len(tasks) > 1 and (predictions is not None or submission is not None):
+        raise PgmError(f"--{'predictions' if predictions is not None else 'submission'} is for one --task.",
+                       "Score or write one results file per pgm eval.")
     if adapter is not None and not (adapter / "adapter_config.json").is_file():  # before a model loads
         raise PgmError(f"--adapter {adapter} has no adapter_config.json.",
                        "Point it at a pgm train output dir, a checkpoint or best/.")
@@ -85,9 +90,46 @@ def eval_command(
         from paligemma_cli.model.load import adapter_base_model
 
         values["model_path"] = adapter_base_model(adapter)  # the base it was trained on
-    run = build_run({**values, "task": t.name, "eval_split": split})
+    options = dict(max_new_tokens=max_new_tokens, batch_size=batch_size, always_normalize=vqa_server_normalization,
+                   anls_variant=anls_variant)
+    if len(tasks) > 1:
+        return _eval_many(tasks, values, split, adapter, output_dir, overwrite, options)
+    (t, root), = tasks
+    if root is not None:
+        values["data_root"] = root
+    _eval_one(t, values, split, adapter, predictions, output_dir, submission, overwrite, options, breakdown)
+
+
+def _task_roots(values: list[str], data_root: Path | None) -> list[tuple[object, Path | None]]:
+    """--task values -> [(Task, its data root or None)]: one plain TASK, or TASK=DATA_ROOT each."""
+    from paligemma_cli.errors import PgmError
+    from paligemma_cli.tasks import get_task
+
+    pairs = [(v.partition("=")[0], Path(v.partition("=")[2]) if "=" in v else None) for v in values]
+    if len(pairs) > 1 and any(root is None for _, root in pairs):
+        plain = next(name for name, root in pairs if root is None)
+        raise PgmError(f"--task {plain} is given with other --task values.",
+                       "To evaluate several tasks in one run, give each as --task TASK=DATA_ROOT.")
+    if any(root is not None for _, root in pairs) and data_root is not None:
+        raise PgmError("--data-root and --task TASK=DATA_ROOT both name a data root.", "Give one of them.")
+    tasks = [(get_task(name), root) for name, root in pairs]
+    names = [t.name for t, _ in tasks]
+    twice = next((n for n in names if names.count(n) > 1), None)
+    if twice:
+        raise PgmError(f"--task {twice} is given twice.", "Give each task once.")
+    for t, root in tasks:
+        if root is not None and not root.is_dir():
+            raise PgmError(f"--task {t.name}={root}: {root} does not exist.",
+                           f"Point it at the {t.name} data root (`pgm data layout {t.name}` shows what it holds).")
+    return tasks
+
+
+def _eval_one(t, values, split, adapter, predictions, output_dir, submission, overwrite, options, breakdown) -> None:
+    from paligemma_cli.config import build_run
+    from paligemma_cli.errors import PgmError
     from paligemma_cli.outputs import check_file, check_output, claim_file, claim_output
 
+    run = build_run({**values, "task": t.name, "eval_split": split})
     notes = check_output(output_dir, "eval", overwrite=overwrite)  # before any data or model loads
     inside = submission is not None and submission.absolute().parent == output_dir.absolute()
     if submission is not None and not inside and output_dir.absolute() in submission.absolute().parents:
@@ -98,7 +140,7 @@ def eval_command(
     if predictions is None:  # scoring a file loads no model: keep transformers' 1.5 s import out of it
         quiet_libraries()
     from paligemma_cli.cli.progress import RichEvents
-    from paligemma_cli.infer.evaluate import run_evaluation, submission_bytes, write_eval_outputs
+    from paligemma_cli.infer.evaluate import evaluated, run_evaluation, submission_bytes, write_eval_outputs
 
     events = RichEvents()
     with claim_output(output_dir, "eval", overwrite=overwrite) as out, \
@@ -108,26 +150,66 @@ def eval_command(
             for note in notes + out.notes + (sub.notes if sub else []):
                 events.message(note, "warning")
             result = run_evaluation(t, run.data, model_cfg=run.model, adapter=adapter, predictions_file=predictions,
-                                    max_new_tokens=max_new_tokens, batch_size=batch_size,
-                                    always_normalize=vqa_server_normalization, anls_variant=anls_variant,
-                                    events=events)
+                                    events=events, **options)
         finally:
             events.close()
-        source = str(predictions) if predictions else (f"{run.model.model_path}" + (f" + {adapter}" if adapter else ""))
-        written = write_eval_outputs(out, t, result, info={"split": run.data.eval_split or t.eval_split,
-                                                           "source": source})
+        info = evaluated(t, run.data, model_cfg=run.model, adapter=adapter, predictions_file=predictions,
+                         max_new_tokens=options["max_new_tokens"])
+        written = write_eval_outputs(out, t, result, info=info)
         if submission is not None:
             data = submission_bytes(t, result)
             written.append(sub.write(data) if sub else out.write(submission.name, data))
     # a metric that could not be computed gets one line saying why and how to enable it, not a table row
     show_metrics(t.title, {k: v for k, v in result.metrics.items() if k not in result.unavailable},
                  breakdown=breakdown)
+    _show_notes(result)
+    console.print(Text(f"Wrote {', '.join(str(p) for p in written)}"), highlight=False, soft_wrap=True)
+
+
+def _eval_many(tasks, values, split, adapter, output_dir, overwrite, options) -> None:
+    """Several TASK=DATA_ROOT: one model load, OUTPUT_DIR/TASK/{predictions.jsonl,metrics.json}, a summary."""
+    from paligemma_cli.config import build_run
+    from paligemma_cli.outputs import check_output, claim_output
+
+    runs = [(t, build_run({**values, "task": t.name, "data_root": root, "eval_split": split})) for t, root in tasks]
+    notes = check_output(output_dir, "eval", overwrite=overwrite)
+    quiet_libraries()
+    from paligemma_cli.cli.progress import RichEvents
+    from paligemma_cli.infer.evaluate import evaluate_tasks, evaluated, write_eval_outputs
+
+    events = RichEvents()
+    with claim_output(output_dir, "eval", overwrite=overwrite) as out:
+        try:
+            for note in notes + out.notes:
+                events.message(note, "warning")
+            results = evaluate_tasks([(t, run.data) for t, run in runs], model_cfg=runs[0][1].model, adapter=adapter,
+                                     events=events, **options)
+        finally:
+            events.close()
+        for (t, run), result in zip(runs, results):
+            with out.staged(t.name) as folder:
+                folder.mkdir()
+                write_eval_outputs(out, t, result, folder=folder, info=evaluated(
+                    t, run.data, model_cfg=run.model, adapter=adapter, max_new_tokens=options["max_new_tokens"]))
+    table = Table(title="pgm eval (0-100, the scale papers use)", title_justify="left")
+    for column in ("task", "metric", "score", "examples"):
+        table.add_column(column, justify="left" if column in ("task", "metric") else "right")
+    for (t, _), result in zip(runs, results):
+        score = t.headline_0_100(result.metrics)
+        table.add_row(t.name, t.headline, "unavailable" if score is None else f"{score:.2f}", str(result.examples))
+    console.print(table)
+    for result in results:
+        _show_notes(result)
+    console.print(Text(f"Wrote {', '.join(str(output_dir / t.name) for t, _ in runs)}"), highlight=False,
+                  soft_wrap=True)
+
+
+def _show_notes(result) -> None:
     # Names, notes and paths carry user text (ids, answers, keys, paths): printed verbatim, never as markup.
     for name, why in result.unavailable.items():
         console.print(f"[yellow]{escape(name)} skipped:[/] {escape(why)}", highlight=False, soft_wrap=True)
     for note in result.notes:
         console.print(f"[yellow]note:[/] {escape(note)}", highlight=False)
-    console.print(Text(f"Wrote {', '.join(str(p) for p in written)}"), highlight=False, soft_wrap=True)
 
 
 def show_metrics(title: str, metrics: dict, *, breakdown: bool = False) -> None:

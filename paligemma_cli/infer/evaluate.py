@@ -193,17 +193,47 @@ def _json_safe(value: Any) -> Any:
     return value
 
 
-def write_eval_outputs(output: Output, task: Task, result: EvalResult, *, info: dict[str, Any]) -> list[Path]:
-    """predictions.jsonl (official keys + references + score) and metrics.json, staged in `output`."""
+def write_eval_outputs(output: Output, task: Task, result: EvalResult, *, info: dict[str, Any],
+                       folder: Path | None = None) -> list[Path]:
+    """predictions.jsonl (official keys + references + score) and metrics.json, staged in `output`
+    (or written into `folder`, a staged sub-folder of it, for one task of several)."""
     # One C call for all rows (214k for VQAv2 val); msgspec writes NaN/inf as null, as _json_safe does.
-    predictions = output.write("predictions.jsonl", msgspec.json.Encoder().encode_lines(result.rows))
-    metrics = output.write("metrics.json", json.dumps(_json_safe({
-        "task": task.name, **info, "examples": result.examples,
-        # Scored: predictions of the evaluated examples (GQA: the balanced questions). Read: every
-        # distinct id given, including those only consistency uses or that match no example.
-        "predictions_scored": len(result.rows) if result.metrics else 0, "predictions_read": result.predictions_read,
-        "metrics": result.metrics, "unavailable": result.unavailable, "notes": result.notes}), indent=2))
-    return [predictions, metrics]
+    files = {"predictions.jsonl": msgspec.json.Encoder().encode_lines(result.rows),
+             "metrics.json": json.dumps(_json_safe({
+                 "task": task.name, **info, "examples": result.examples,
+                 # Scored: predictions of the evaluated examples (GQA: the balanced questions). Read: every
+                 # distinct id given, including those only consistency uses or that match no example.
+                 "predictions_scored": len(result.rows) if result.metrics else 0,
+                 "predictions_read": result.predictions_read,
+                 "headline": {"metric": task.headline, "score_0_100": task.headline_0_100(result.metrics)},
+                 "metrics": result.metrics, "unavailable": result.unavailable, "notes": result.notes}), indent=2)}
+    if folder is None:
+        return [output.write(name, data) for name, data in files.items()]
+    for name, data in files.items():
+        (folder / name).write_bytes(data if isinstance(data, bytes) else data.encode())
+    return [output.path / folder.name / name for name in files]
+
+
+def evaluated(task: Task, data, *, model_cfg=None, adapter: Path | None = None,
+              predictions_file: Path | None = None, max_new_tokens: int | None = None) -> dict[str, Any]:
+    """metrics.json's record of what was evaluated: `source` (the results file, or the model +
+    adapter) and `evaluated`: the model, the adapter or the recipe of a pgm merge, the quantisation,
+    the new-token limit and the prompt."""
+    split = data.eval_split or task.eval_split
+    if predictions_file is not None:
+        return {"split": split, "source": str(predictions_file), "evaluated": {"predictions": str(predictions_file)}}
+    recipe = None
+    recipe_file = Path(model_cfg.model_path).expanduser() / "pgm_merge.json"
+    if recipe_file.is_file():
+        try:
+            recipe = json.loads(recipe_file.read_text())
+        except ValueError:
+            recipe = f"{recipe_file} is not valid JSON"
+    source = model_cfg.model_path + (f" + {adapter}" if adapter else "")
+    return {"split": split, "source": source, "evaluated": {
+        "model": model_cfg.model_path, "adapter": None if adapter is None else str(adapter), "merge_recipe": recipe,
+        "quantization": model_cfg.quantization, "compute_dtype": model_cfg.compute_dtype,
+        "max_new_tokens": max_new_tokens or task.max_new_tokens, "prompt": data.prompt or task.prompt_template}}
 
 
 def submission_bytes(task: Task, result: EvalResult) -> bytes:
@@ -233,21 +263,34 @@ def run_evaluation(task: Task, data, *, model_cfg=None, adapter: Path | None = N
                    batch_size: int = 16, always_normalize: bool = False, anls_variant: str = "rrc",
                    events: Events | None = None) -> EvalResult:
     """`pgm eval`: score a results file, or generate with the model (+ adapter) and score."""
-    examples, extra = eval_inputs(task, data, images=predictions_file is None, always_normalize=always_normalize,
-                                  anls_variant=anls_variant, events=events)
     if predictions_file is not None:
+        examples, extra = eval_inputs(task, data, images=False, always_normalize=always_normalize,
+                                      anls_variant=anls_variant, events=events)
         with paused_gc():  # a results file is millions of small objects and scoring makes no cycles
             predictions, notes = read_predictions(task, predictions_file)
             notes += check_prediction_ids(predictions, examples, extra, f"--predictions {predictions_file}")
             result = score(task, predictions, examples, extra)
         result.notes = notes + result.notes
         return result
+    (result,) = evaluate_tasks([(task, data)], model_cfg=model_cfg, adapter=adapter, max_new_tokens=max_new_tokens,
+                               batch_size=batch_size, always_normalize=always_normalize,
+                               anls_variant=anls_variant, events=events)
+    return result
+
+
+def evaluate_tasks(jobs: Sequence[tuple[Task, Any]], *, model_cfg, adapter: Path | None = None,
+                   max_new_tokens: int | None = None, batch_size: int = 16, always_normalize: bool = False,
+                   anls_variant: str = "rrc", events: Events | None = None) -> list[EvalResult]:
+    """Generate and score on each (task, DataConfig) with one model load: every task's data is read
+    and its images checked first, so a bad data root fails before the model loads."""
     from paligemma_cli.model.loader import resolve_workers
     from paligemma_cli.model.load import load_for_inference, load_processor
 
+    inputs = [eval_inputs(task, data, always_normalize=always_normalize, anls_variant=anls_variant, events=events)
+              for task, data in jobs]
     processor = load_processor(model_cfg.model_path, model_cfg.revision)
     model = load_for_inference(model_cfg, adapter)
-    return evaluate_model(task, model, processor, examples,
-                          max_new_tokens=max_new_tokens or task.max_new_tokens,
-                          batch_size=batch_size, extra=extra, events=events,
-                          workers=resolve_workers(data.dataloader_workers))
+    return [evaluate_model(task, model, processor, examples, max_new_tokens=max_new_tokens or task.max_new_tokens,
+                           batch_size=batch_size, extra=extra, events=events,
+                           workers=resolve_workers(data.dataloader_workers))
+            for (task, data), (examples, extra) in zip(jobs, inputs)]

@@ -77,6 +77,13 @@ def test_eval_writes_both_files_and_rescoring_them_gives_the_same_metrics(
     assert (metrics["task"], metrics["source"], metrics["examples"], metrics["predictions_scored"],
             metrics["predictions_read"]) == (task_name, "tiny", 8, 8, 8)
     assert list(metrics["metrics"])[:len(HEADLINE[task_name])] == HEADLINE[task_name]
+    # what was evaluated, and the headline on the 0-100 scale
+    assert metrics["evaluated"] == {"model": "tiny", "adapter": None, "merge_recipe": None, "quantization": "4bit",
+                                    "compute_dtype": "auto", "max_new_tokens": task.max_new_tokens,
+                                    "prompt": task.prompt_template}
+    headline = metrics["metrics"][task.headline]
+    assert metrics["headline"] == {"metric": task.headline, "score_0_100": headline * (
+        100 if task_name in ("docvqa", "coco") else 1)}
     assert "Wrote" in result.output and task.title.split()[0] in result.output  # the results table
     for row in rows:
         assert {task.id_key, task.answer_key, "prompt", "references", "score"} <= set(row)
@@ -330,3 +337,40 @@ def test_vqav2_reports_accuracy_per_question_type(synthetic_data, tmp_path):
     metrics = read_outputs(tmp_path / "out")[0]["metrics"]
     assert metrics["per_question_type"] == {"what": 100.0, "how": 0.0}
     assert "per_question_type/how" in result.output
+
+
+def test_several_tasks_load_the_model_once_and_match_single_task_runs(synthetic_data, tiny_model_dir, tmp_path,
+                                                                       monkeypatch):
+    import paligemma_cli.model.load as load
+
+    loads = []
+    real = load.load_model
+    monkeypatch.setattr(load, "load_model", lambda *a, **k: loads.append(1) or real(*a, **k))
+    roots = {t: synthetic_data(t) for t in ("vqav2", "gqa")}
+    out = tmp_path / "many"
+    result = pgm("eval", "--task", f"vqav2={roots['vqav2']}", "--task", f"gqa={roots['gqa']}", "--model-path", "tiny",
+                 "--max-eval-samples", 6, "--batch-size", 3, "-o", out)
+    assert result.exit_code == 0, result.output
+    assert len(loads) == 1
+    assert "pgm eval (0-100" in result.output and "vqav2" in result.output and "gqa" in result.output
+    for task in ("vqav2", "gqa"):
+        single = tmp_path / f"one-{task}"
+        assert pgm("eval", "--task", task, "--data-root", roots[task], "--model-path", "tiny",
+                   "--max-eval-samples", 6, "--batch-size", 3, "-o", single).exit_code == 0
+        (m_many, rows_many), (m_one, rows_one) = read_outputs(out / task), read_outputs(single)
+        assert rows_many == rows_one and m_many["metrics"] == m_one["metrics"]
+        assert m_many["evaluated"] == m_one["evaluated"] and m_many["task"] == task
+
+
+@pytest.mark.parametrize("args,expected", [
+    (["--task", "vqav2", "--task", "gqa"], "--task vqav2 is given with other --task values"),
+    (["--task", "vqav2=ROOT", "--task", "vqav2=ROOT"], "--task vqav2 is given twice"),
+    (["--task", "vqav2=ROOT", "--data-root", "ROOT"], "--data-root and --task TASK=DATA_ROOT both name a data root"),
+    (["--task", "vqav2=ROOT", "--task", "gqa=ROOT/nowhere"], "nowhere does not exist"),
+    (["--task", "vqav2=ROOT", "--task", "gqa=ROOT", "--predictions", "x.json"], "--predictions is for one --task"),
+])
+def test_several_task_mistakes_are_one_line(args, expected, synthetic_data, tmp_path):
+    root = str(synthetic_data("vqav2"))
+    result = pgm("eval", *[a.replace("ROOT", root) for a in args], "-o", tmp_path / "out")
+    assert result.exit_code == 1 and expected in result.output, result.output
+    assert not (tmp_path / "out").exists()

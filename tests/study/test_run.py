@@ -2,6 +2,7 @@
 killed or extended study runs only the cells it lacks."""
 
 import csv
+import json
 
 import pytest
 import yaml
@@ -42,7 +43,7 @@ def _run(study, out, resume=False, **kw):
 def test_a_study_cell_scores_what_pgm_merge_then_pgm_eval_scores(tmp_path, trained_experts):
     """Same quantisation (pgm eval's default, 4-bit NF4) on both sides; the merge is written by
     pgm merge's driver and evaluated by pgm eval's run_evaluation, as the two commands do."""
-    from paligemma_cli.infer.evaluate import run_evaluation
+    from paligemma_cli.infer.evaluate import evaluated, run_evaluation
     from paligemma_cli.merge.driver import merge
     from paligemma_cli.merge.request import MergeRequest
     from paligemma_cli.model.load import resolve_model_path
@@ -62,6 +63,10 @@ def test_a_study_cell_scores_what_pgm_merge_then_pgm_eval_scores(tmp_path, train
         result = run_evaluation(t, DataConfig(task=task, data_root=data, max_eval_samples=12),
                                 model_cfg=ModelConfig(model_path=str(written)), batch_size=12)
         assert scores["ties density=0.5", task] == t.headline_0_100(result.metrics)
+    # pgm eval's metrics.json says which merge it evaluated
+    info = evaluated(t, DataConfig(task=task, data_root=data), model_cfg=ModelConfig(model_path=str(written)))
+    recipe = json.loads((written / "pgm_merge.json").read_text())
+    assert info["evaluated"]["merge_recipe"] == recipe and recipe["mode"] == "ties"
     # --save-merges wrote the same model pgm merge writes
     saved = tmp_path / "study" / "merges" / "ties_density=0.5" / "model.safetensors"
     assert saved.read_bytes() == (written / "model.safetensors").read_bytes()
