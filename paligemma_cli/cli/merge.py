@@ -32,6 +32,7 @@ BRIEF = {
     "breadcrumbs_ties": "Breadcrumbs' drop, then TIES sign election",
     "della": "rank-weighted random drop (DELLA), then TIES signs",
     "della_linear": "rank-weighted random drop (DELLA), weighted sum",
+    "regmean": "RegMean: least squares over each task's layer inputs",
 }
 METHOD_LINES = "\n".join(f"  {name:<16} {BRIEF[name]}" for name in METHOD_INFO)
 USAGE = "pgm merge METHOD --base-model B --model A --model C -o OUT"
@@ -50,6 +51,9 @@ _PARAGRAPHS = (
     "full model folder (sharded safetensors + config + processor) that from_pretrained and pgm load; "
     "with --output-format adapter (adapters only), a LoRA of rank --rank fitted by truncated SVD, "
     "with the relative error per module (modules smaller than --rank keep their size, in rank_pattern).",
+    "regmean needs data: each model runs on --calibrate TASK=DATA_ROOT (its task's training examples, "
+    "--calibration-samples of them) while hooks collect each linear layer's input Gram matrix; the "
+    "merged weight solves the least-squares problem over all tasks' inputs.",
     "tsv, iso_c and iso_cts take the SVD of whole 2-D task matrices (float32, float64 Gram matrices "
     "for the large ones), on the GPU when torch sees one (--device). A method that adds several task "
     "vectors at lambda 1 without --normalize prints a warning: its change is N experts' worth.",
@@ -61,6 +65,8 @@ _PARAGRAPHS = (
     "  pgm merge task_arithmetic --base-model tiny --model a --model b --output-format adapter "
     "--rank 16 -o merged-lora",
     "  pgm merge tsv --base-model tiny --model a --model b --model c --lambda 1.0 -o merged",
+    "  pgm merge regmean --base-model tiny --model runs/vqav2 --model runs/gqa --calibrate vqav2=data/vqav2 "
+    "--calibrate gqa=data/gqa -o merged",
 )
 HELP = "\n\n".join(_PARAGRAPHS)
 
@@ -100,6 +106,14 @@ def merge(
     device: Optional[str] = typer.Option(
         None, "--device", help="tsv, iso_c, iso_cts: where the SVDs run: auto (CUDA when torch sees it), "
                                "cpu or cuda (default auto)."),
+    calibrate: Optional[List[str]] = typer.Option(
+        None, "--calibrate", metavar="TASK=DATA_ROOT", help="regmean: the task data each model runs on to "
+        "collect its layers' input Gram matrices; one per --model, in the same order (e.g. vqav2=/data/vqav2)."),
+    calibration_samples: Optional[int] = typer.Option(
+        None, "--calibration-samples", help="regmean: training examples per task (default 256)."),
+    regmean_alpha: Optional[float] = typer.Option(
+        None, "--regmean-alpha", help="regmean: weight of the Gram matrices' off-diagonal, in (0, 1] (default 0.9; "
+                                      "1 is the exact least-squares merge)."),
     layers: Optional[str] = typer.Option(
         None, "--layers", help="layerswap: decoder layer ranges and the model (1.., or 'base') each comes from, e.g. 0-8=1,9-17=2."),
     output_format: str = typer.Option("full", "--output-format", help="full (a model folder) or adapter (every input an adapter)."),
@@ -137,9 +151,10 @@ def merge(
                            weights=tuple(weight) if weight else None, density=density, lam=lam, seed=seed,
                            normalize=normalize, layers=layers, output_format=output_format, rank=rank,
                            overwrite=overwrite, check_base=not skip_base_check, gamma=gamma, epsilon=epsilon,
-                           common_fraction=common_fraction, device=device)
+                           common_fraction=common_fraction, device=device, calibrate=tuple(calibrate or ()),
+                           calibration_samples=calibration_samples, regmean_alpha=regmean_alpha)
     with _progress() as progress:
-        result = run_merge(request, progress, _warn)
+        result = run_merge(request, progress, _warn, events=_calibration_events() if calibrate else None)
     _report(result)
     if push_to_hub:
         from paligemma_cli.hub.push import push_merge
@@ -164,6 +179,12 @@ def merge_command(req, push_to_hub: str, hub_private: bool) -> str:
     words += ["--output-format", req.output_format] if req.output_format != "full" else []
     words += ([] if req.check_base else ["--skip-base-check"]) + ["-o", str(req.output), "--push-to-hub", push_to_hub]
     return shlex.join(words + (["--hub-private"] if hub_private else []))
+
+
+def _calibration_events():
+    from paligemma_cli.cli.progress import RichEvents
+
+    return RichEvents()
 
 
 def _warn(line: str) -> None:

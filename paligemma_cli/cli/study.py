@@ -25,7 +25,7 @@ STUDY.yaml names the base model, one expert per task (a pgm train output or a fu
     - {method: task_arithmetic, lambda: [0.3, 0.5, 1.0]}
     - {method: tsv}
 
-Other keys: quantization (default 4bit, as pgm eval), compute_dtype, batch_size, max_new_tokens. Grid parameters: density, lambda, gamma, epsilon, common_fraction, normalize, seed (as pgm merge's flags). Flags override the file's keys.
+Other keys: quantization (default 4bit, as pgm eval), compute_dtype, batch_size, max_new_tokens. Grid parameters: density, lambda, gamma, epsilon, common_fraction, normalize, seed, regmean_alpha, calibration_samples (as pgm merge's flags; regmean calibrates each expert on its own data_root). Flags override the file's keys.
 
 The base loads once per merge and no merge is written (--save-merges writes each as pgm merge would); a cell's score equals pgm merge followed by pgm eval --model-path with the same quantisation. OUTPUT gets results.csv (one row per model x task: score, expert_score, normalized = score / expert_score), report.md (the base's zero-shot row, the expert x task matrix, one row per merge, mean normalised score; every metric on the 0-100 scale papers use) and normalized.png (normalised score against each swept parameter).
 

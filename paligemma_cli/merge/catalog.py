@@ -29,16 +29,17 @@ class MethodInfo:
     random: bool = False  # --seed matters
     spectral: bool = False  # works on the SVD of whole 2-D task matrices (TSV-M, Iso-C, Iso-CTS)
     options: tuple[str, ...] = ()  # further flags it takes: "gamma", "epsilon", "common_fraction"
+    data_aware: bool = False  # needs each expert's layer inputs on its task data (--calibrate)
     source: str = ""  # where its defaults come from
 
     @property
     def weighted(self) -> bool:
         """Whether --weight means anything (the SVD methods treat every task alike)."""
-        return not self.spectral
+        return not self.spectral and not self.data_aware
 
     @property
     def normalizable(self) -> bool:
-        return self.name not in ("slerp", "layerswap") and not self.spectral
+        return self.name not in ("slerp", "layerswap") and not self.spectral and not self.data_aware
 
 
 METHOD_INFO: dict[str, MethodInfo] = {m.name: m for m in (
@@ -104,4 +105,11 @@ METHOD_INFO: dict[str, MethodInfo] = {m.name: m for m in (
                sparsify="magprune", density=0.7, takes_lambda=True, normalize=False, random=True,
                options=("epsilon",),
                source="density 0.7: mergekit's examples; epsilon 0.1; lambda 1, normalize off: mergekit"),
+    MethodInfo("regmean", "RegMean: per linear layer W* = (sum W_i G_i)(sum G_i)^-1, G_i the Gram "
+               "matrix of the layer's inputs while expert i runs on its task (--calibrate), "
+               "off-diagonal x --regmean-alpha; other tensors the mean of the experts.",
+               data_aware=True, options=("regmean_alpha",),
+               source="alpha 0.9: FusionBench's regmean; 256 samples per task: FusionBench / the paper's code"),
 )}
+DEFAULT_REGMEAN_ALPHA = 0.9  # FusionBench's regmean config
+DEFAULT_CALIBRATION_SAMPLES = 256

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -22,7 +23,8 @@ from paligemma_cli.errors import PgmError
 from paligemma_cli.merge import checks
 from paligemma_cli.merge.lowrank import merge_to_adapter
 from paligemma_cli.merge.methods import MergeParams
-from paligemma_cli.merge.request import MergeRequest, MergeResult, resolve_params, warnings_for
+from paligemma_cli.merge.catalog import DEFAULT_CALIBRATION_SAMPLES
+from paligemma_cli.merge.request import MergeRequest, MergeResult, calibration_sets, resolve_params, warnings_for
 from paligemma_cli.merge.sources import FullModel, TensorInfo, local_folder, open_input, safetensors_header
 from paligemma_cli.merge.tensors import MergeJob, MergeStream, Progress
 from paligemma_cli.merge.writer import ITEM_BYTES, ShardedWriter
@@ -74,7 +76,8 @@ def prepare(req: MergeRequest) -> MergeJob:
     return _check(req, method, params, base_folder, inputs)
 
 
-def merge(req: MergeRequest, progress: Progress | None = None, on_warning: Warn | None = None) -> MergeResult:
+def merge(req: MergeRequest, progress: Progress | None = None, on_warning: Warn | None = None,
+          events=None) -> MergeResult:
     """Run a merge end to end (see the module docstring); raises PgmError on bad input.
     Warnings (e.g. an unnormalised sum of several task vectors) go to `on_warning` as soon as
     they are known, and into the result."""
@@ -89,12 +92,28 @@ def merge(req: MergeRequest, progress: Progress | None = None, on_warning: Warn 
     for line in warnings:
         if on_warning:
             on_warning(line)
-    if req.output_format == "adapter":
-        result = _merge_adapter(req, job, progress, warnings)
-    else:
-        result = _merge_full(req, job, base_folder, progress, warnings)
+    with tempfile.TemporaryDirectory(prefix="pgm-grams-") as workdir:  # RegMean's Gram matrices
+        add_side_inputs(req, job, base_folder, Path(workdir), events)
+        if req.output_format == "adapter":
+            result = _merge_adapter(req, job, progress, warnings)
+        else:
+            result = _merge_full(req, job, base_folder, progress, warnings)
     result.notes = notes + result.notes
     return result
+
+
+def add_side_inputs(req: MergeRequest, job: MergeJob, base_folder: Path, workdir: Path, events=None) -> None:
+    """A data-aware method's per-tensor inputs (RegMean: each expert's Gram matrices, calibrated
+    on its --calibrate data into `workdir`), set as `job.side_inputs`. Nothing for other methods."""
+    if not job.method.data_aware:
+        return
+    from paligemma_cli.merge.calibrate import regmean_side_inputs
+
+    samples = req.calibration_samples or DEFAULT_CALIBRATION_SAMPLES
+    job.side_inputs = regmean_side_inputs(job, calibration_sets(req), Path(base_folder), workdir,
+                                          samples=samples, events=events)
+    job.side_info = {"calibrate": list(req.calibrate), "calibration_samples": samples,
+                     "calibration_examples": job.side_inputs.samples}
 
 
 def _check_layers(params: MergeParams, base: dict[str, TensorInfo]) -> None:
@@ -121,7 +140,7 @@ def _merge_adapter(req: MergeRequest, job: MergeJob, progress: Progress | None, 
         result = MergeResult(output, job.method.name, job.params, lora.parts,
                              ["adapter_model.safetensors", "adapter_config.json"], time.perf_counter() - started,
                              [src.kind for src in job.inputs], lora.errors, warnings, notes + lora.notes)
-        write_recipe(tmp, req, result, rank=lora.config["r"])
+        write_recipe(tmp, req, result, rank=lora.config["r"], side_info=job.side_info)
     return result
 
 
@@ -148,7 +167,7 @@ def _merge_full(req: MergeRequest, job: MergeJob, base_folder: Path, progress: P
         result = MergeResult(output, job.method.name, job.params, stream.parts, files,
                              time.perf_counter() - started, [src.kind for src in job.inputs],
                              warnings=warnings, notes=notes)
-        write_recipe(tmp, req, result)
+        write_recipe(tmp, req, result, side_info=job.side_info)
     return result
 
 
@@ -172,7 +191,8 @@ def _copy_side_files(base_folder: Path, dest: Path) -> None:
             shutil.copy2(path, dest / path.name)
 
 
-def write_recipe(folder: Path, req: MergeRequest, result: MergeResult, rank: int | None = None) -> None:
+def write_recipe(folder: Path, req: MergeRequest, result: MergeResult, rank: int | None = None,
+                 side_info: dict | None = None) -> None:
     """pgm_merge.json: how this folder was made, so a merge can be reproduced."""
     from paligemma_cli.merge.catalog import METHOD_INFO
 
@@ -181,6 +201,7 @@ def write_recipe(folder: Path, req: MergeRequest, result: MergeResult, rank: int
               "weights": list(p.weights), "density": p.density, "lambda": p.lam, "normalize": p.normalize,
               "seed": p.seed, "layers": req.layers, "output_format": req.output_format}
     recipe.update({name: getattr(p, name) for name in info.options})
+    recipe.update(side_info or {})
     if info.spectral:
         recipe["device"] = p.device
     recipe["stats"] = {k: vars(v) for k, v in result.parts.items()}

@@ -24,6 +24,7 @@ from paligemma_cli.errors import PgmError
 from paligemma_cli.merge import gram, spectral
 from paligemma_cli.merge.catalog import METHOD_INFO, MethodInfo
 from paligemma_cli.merge.fused import fusable
+from paligemma_cli.merge.regmean import regmean
 from paligemma_cli.merge.params import MergeParams, MergeStats, TensorHints
 from paligemma_cli.merge.sparsify import (breadcrumb_windows, chunk_rule, dare_keep, magnitude_cutoff,
                                           magprune_scale)
@@ -235,7 +236,8 @@ def _family(info: MethodInfo) -> MethodFn:
 
 
 _FUNCTIONS: dict[str, MethodFn] = {"linear": linear, "layerswap": layerswap, "slerp": slerp,
-                                   "tsv": spectral.tsv, "iso_c": spectral.iso_c, "iso_cts": spectral.iso_cts}
+                                   "tsv": spectral.tsv, "iso_c": spectral.iso_c, "iso_cts": spectral.iso_cts,
+                                   "regmean": regmean}
 _STREAMED = {"tsv": gram.tsv_stream, "iso_c": gram.iso_c_stream, "iso_cts": gram.iso_cts_stream}
 METHODS: dict[str, Method] = {name: Method(**vars(info), fn=_FUNCTIONS.get(name) or _family(info),
                                            gram=_STREAMED.get(name)) for name, info in METHOD_INFO.items()}

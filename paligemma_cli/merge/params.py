@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from paligemma_cli.merge.catalog import DEFAULT_COMMON_FRACTION, DEFAULT_EPSILON, DEFAULT_GAMMA
+from paligemma_cli.merge.catalog import DEFAULT_COMMON_FRACTION, DEFAULT_EPSILON, DEFAULT_GAMMA, DEFAULT_REGMEAN_ALPHA
 from paligemma_cli.merge.sparsify import Cutoff, LowerSet
 
 
@@ -43,6 +43,7 @@ class MergeParams:
     epsilon: float = DEFAULT_EPSILON  # della: keep probabilities span density +- epsilon
     common_fraction: float = DEFAULT_COMMON_FRACTION  # iso_cts
     device: str = "cpu"  # where the SVD methods run their linear algebra ("cpu" or "cuda")
+    regmean_alpha: float = DEFAULT_REGMEAN_ALPHA  # RegMean: weight of the Gram matrices' off-diagonal
 
 
 @dataclass

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from paligemma_cli.errors import PgmError
-from paligemma_cli.merge.catalog import DEFAULT_COMMON_FRACTION, DEFAULT_EPSILON, DEFAULT_GAMMA
+from paligemma_cli.merge.catalog import DEFAULT_COMMON_FRACTION, DEFAULT_EPSILON, DEFAULT_GAMMA, DEFAULT_REGMEAN_ALPHA
 from paligemma_cli.merge.methods import MergeParams, MergeStats, Method, get_method, parse_layers
 
 DEVICES = ("auto", "cpu", "cuda")
@@ -40,6 +40,9 @@ class MergeRequest:
     epsilon: float | None = None
     common_fraction: float | None = None
     device: str | None = None  # auto (CUDA when torch sees it), cpu or cuda; SVD methods only
+    calibrate: tuple[str, ...] = ()  # regmean: TASK=DATA_ROOT per model, in --model order
+    calibration_samples: int | None = None  # regmean: examples per task
+    regmean_alpha: float | None = None
 
 
 @dataclass
@@ -66,7 +69,10 @@ def _unused(req: MergeRequest, method: Method) -> list[str]:
               (req.gamma is not None and "gamma" not in method.options, "--gamma"),
               (req.epsilon is not None and "epsilon" not in method.options, "--epsilon"),
               (req.common_fraction is not None and "common_fraction" not in method.options, "--common-fraction"),
-              (req.device is not None and not method.spectral, "--device")]
+              (req.device is not None and not method.spectral, "--device"),
+              (bool(req.calibrate) and not method.data_aware, "--calibrate"),
+              (req.calibration_samples is not None and not method.data_aware, "--calibration-samples"),
+              (req.regmean_alpha is not None and not method.data_aware, "--regmean-alpha")]
     problems = [f"{flag} has no effect with --mode {name}" for bad, flag in unused if bad]
     if req.device is not None and not method.spectral:
         problems[-1] += f" (it applies to {SPECTRAL})"
@@ -145,7 +151,7 @@ def resolve_params(req: MergeRequest) -> tuple[Method, MergeParams]:
     if req.rank is not None and req.rank < 1:
         problems.append(f"--rank must be >= 1 (got {req.rank})")
     device, device_problems = _device(req, method)
-    problems += device_problems
+    problems += device_problems + (_calibration(req, n) if method.data_aware else [])
     if problems:
         raise PgmError("; ".join(problems) + ".", "See `pgm merge --help`.")
     layers = parse_layers(req.layers, n) if req.layers else ()
@@ -154,7 +160,36 @@ def resolve_params(req: MergeRequest) -> tuple[Method, MergeParams]:
         seed=req.seed, layers=layers, gamma=DEFAULT_GAMMA if req.gamma is None else req.gamma,
         epsilon=DEFAULT_EPSILON if req.epsilon is None else req.epsilon,
         common_fraction=DEFAULT_COMMON_FRACTION if req.common_fraction is None else req.common_fraction,
-        device=device)
+        device=device, regmean_alpha=DEFAULT_REGMEAN_ALPHA if req.regmean_alpha is None else req.regmean_alpha)
+
+
+def calibration_sets(req: MergeRequest) -> list[tuple[str, Path]]:
+    """--calibrate TASK=DATA_ROOT values as (task, root), in --model order (checked by resolve_params)."""
+    return [(v.partition("=")[0], Path(v.partition("=")[2]).expanduser()) for v in req.calibrate]
+
+
+def _calibration(req: MergeRequest, n: int) -> list[str]:
+    """RegMean's flags: one --calibrate TASK=DATA_ROOT per model, a known task, an existing root."""
+    from paligemma_cli.tasks import TASKS
+
+    problems = []
+    if len(req.calibrate) != n:
+        problems.append(f"--mode regmean needs one --calibrate TASK=DATA_ROOT per --model, in the same order "
+                        f"(got {len(req.calibrate)} for {n} models)")
+    for value in req.calibrate:
+        task, sep, root = value.partition("=")
+        if not sep or not root:
+            problems.append(f"--calibrate {value}: give TASK=DATA_ROOT (e.g. vqav2=/data/vqav2)")
+        elif task not in TASKS:
+            problems.append(f"--calibrate {value}: unknown task {task!r} (tasks: {', '.join(sorted(TASKS))})")
+        elif not Path(root).expanduser().is_dir():
+            problems.append(f"--calibrate {value}: {root} does not exist")
+    alpha = req.regmean_alpha
+    if alpha is not None and not (math.isfinite(alpha) and 0.0 < alpha <= 1.0):
+        problems.append(f"--regmean-alpha must be in (0, 1] (got {alpha:g})")
+    if req.calibration_samples is not None and req.calibration_samples < 1:
+        problems.append(f"--calibration-samples must be >= 1 (got {req.calibration_samples})")
+    return problems
 
 
 def warnings_for(method: Method, params: MergeParams) -> list[str]:

@@ -58,6 +58,7 @@ class MergeJob:
     base: dict[str, TensorInfo]
     inputs: list
     side_inputs: SideInputs | None = None
+    side_info: dict = field(default_factory=dict)  # what the side inputs came from (pgm_merge.json)
 
 
 def part_of(key: str) -> str:

@@ -14,7 +14,8 @@ from __future__ import annotations
 import gc
 import time
 from dataclasses import dataclass, replace
-from typing import Any, Callable
+from pathlib import Path
+from typing import Any
 
 from paligemma_cli.config import DataConfig, ModelConfig
 from paligemma_cli.events import Events
@@ -23,8 +24,6 @@ from paligemma_cli.study.report import BASE, EXPERT, CellResult, plot_png, read_
 from paligemma_cli.study.spec import Expert, GridPoint, Study, merge_request
 
 RESULTS, REPORT, PLOT, MERGES = "results.csv", "report.md", "normalized.png", "merges"
-# method -> fn(study, job, base_folder, events) that sets job.side_inputs (data-aware methods)
-SIDE_INPUTS: dict[str, Callable[..., None]] = {}
 
 
 @dataclass(frozen=True)
@@ -114,20 +113,22 @@ class StudyRun:
         return self.load_merge(row.point)
 
     def load_merge(self, point: GridPoint):
-        from paligemma_cli.merge.driver import merge, prepare
+        import tempfile
+
+        from paligemma_cli.merge.driver import add_side_inputs, merge, prepare
         from paligemma_cli.merge.tensors import merged_state_dict
         from paligemma_cli.model.load import load_model
 
         req = merge_request(self.study, point, self.base_folder)
         job = prepare(req)
-        if point.method in SIDE_INPUTS:
-            SIDE_INPUTS[point.method](self.study, job, self.base_folder, self.events)
         if self.save_merges:
             self.output.record(MERGES)
             folder = self.output.path / MERGES / point.label.replace(" ", "_")
             if not folder.exists():
                 merge(replace(req, output=folder))
-        state, _ = merged_state_dict(job)
+        with tempfile.TemporaryDirectory(prefix="pgm-grams-") as workdir:  # RegMean: each expert on its task
+            add_side_inputs(req, job, Path(self.base_folder), Path(workdir), self.events)
+            state, _ = merged_state_dict(job)
         model = load_model(self.model_config(self.base_folder), for_training=False, state_dict=state)
         del state
         model.eval()

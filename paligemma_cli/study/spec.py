@@ -30,7 +30,8 @@ TOP_KEYS = {"base_model", "experts", "grid", "max_eval_samples", "quantization",
 EXPERT_KEYS = {"path", "data_root", "task"}
 # grid key -> MergeRequest field; `seed` is DARE's / DELLA's drop seed
 GRID_PARAMS = {"density": "density", "lambda": "lam", "gamma": "gamma", "epsilon": "epsilon",
-               "common_fraction": "common_fraction", "normalize": "normalize", "seed": "seed"}
+               "common_fraction": "common_fraction", "normalize": "normalize", "seed": "seed",
+               "regmean_alpha": "regmean_alpha", "calibration_samples": "calibration_samples"}
 QUANTIZATIONS = ("4bit", "8bit", "none")
 
 
@@ -205,11 +206,14 @@ def _values(value: Any, at: str) -> list:
 
 def merge_request(study: Study, point: GridPoint, base_folder: str):
     """The `pgm merge` request of one grid point (experts in the order of the file)."""
+    from paligemma_cli.merge.catalog import METHOD_INFO
     from paligemma_cli.merge.request import MergeRequest
 
     values = {GRID_PARAMS[k]: v for k, v in point.params}
     if "normalize" in values:
         values["normalize"] = bool(values["normalize"])
+    if METHOD_INFO[point.method].data_aware:  # RegMean: each expert calibrates on its own task's data
+        values["calibrate"] = tuple(f"{e.task}={e.data_root}" for e in study.experts)
     return MergeRequest(base_model=base_folder, models=tuple(str(e.path) for e in study.experts),
                         mode=point.method, **values)
 

@@ -659,6 +659,26 @@ def val_image(i: Inputs) -> Path:
     return sorted((i.data() / "val2014").iterdir())[0]
 
 
+@case("merge: regmean without one --calibrate per model")
+def _(i):
+    return Case(["merge", "regmean", "--base-model", "tiny", *adapters(i), "-o", i.tmp / "m",
+                 "--calibrate", f"vqav2={i.data()}"],
+                ["--mode regmean needs one --calibrate TASK=DATA_ROOT per --model", "(got 1 for 2 models)"])
+
+
+@case("merge: --regmean-alpha out of range")
+def _(i):
+    return Case(["merge", "regmean", "--base-model", "tiny", *adapters(i), "-o", i.tmp / "m",
+                 "--calibrate", f"vqav2={i.data()}", "--calibrate", f"vqa={i.data()}", "--regmean-alpha", "1.5"],
+                ["unknown task 'vqa'", "--regmean-alpha must be in (0, 1] (got 1.5)"])
+
+
+@case("merge: --calibrate with another method")
+def _(i):
+    return Case(["merge", "ties", "--base-model", "tiny", *adapters(i), "-o", i.tmp / "m",
+                 "--calibrate", f"vqav2={i.data()}"], ["--calibrate has no effect with --mode ties"])
+
+
 def study_file(i: Inputs, extra: str = "", grid: str = "[{method: ties, density: [0.3, 0.5]}]",
                data_root: Path | None = None) -> Path:
     i.folder("run-a")

@@ -108,3 +108,24 @@ def test_an_interrupted_study_keeps_its_finished_cells_and_continues(tmp_path, t
     cells, shown = _run(study, out, resume=True)
     assert len(shown) == 5 and len(cells) == 8
     assert shown[0][0] == "expert vqav2 on gqa"
+
+
+def test_a_regmean_cell_calibrates_each_expert_on_its_task_and_scores_as_pgm_merge_regmean(tmp_path, trained_experts):
+    from paligemma_cli.infer.evaluate import run_evaluation
+    from paligemma_cli.merge.driver import merge
+    from paligemma_cli.merge.request import MergeRequest
+    from paligemma_cli.model.load import resolve_model_path
+    from paligemma_cli.tasks import get_task
+
+    study = _study(tmp_path, trained_experts, [{"method": "regmean", "calibration_samples": 8}], quantization="none")
+    cells, _ = _run(study, tmp_path / "study")
+    scores = {(c.model, c.task): c.score for c in cells}
+    written = tmp_path / "merged"
+    merge(MergeRequest(base_model=resolve_model_path("tiny"), models=tuple(str(a) for a, _ in trained_experts.values()),
+                       mode="regmean", calibrate=tuple(f"{t}={d}" for t, (_, d) in trained_experts.items()),
+                       calibration_samples=8, output=written))
+    for task, (_, data) in trained_experts.items():
+        t = get_task(task)
+        result = run_evaluation(t, DataConfig(task=task, data_root=data, max_eval_samples=12), batch_size=12,
+                                model_cfg=ModelConfig(model_path=str(written), quantization="none"))
+        assert scores["regmean calibration_samples=8", task] == t.headline_0_100(result.metrics)
