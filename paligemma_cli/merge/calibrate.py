@@ -99,6 +99,17 @@ class GramStore:
         self.folder = Path(folder)
         self.files: dict[str, Path] = {}
 
+    @classmethod
+    def open(cls, folder: Path) -> "GramStore":
+        """The Grams an earlier run stored in `folder`."""
+        from safetensors import safe_open
+
+        store = cls(folder)
+        for path in sorted(Path(folder).glob("grams-*.safetensors")):
+            with safe_open(str(path), framework="pt") as f:
+                store.files.update({k: path for k in f.keys()})
+        return store
+
     def add(self, grams: dict[str, torch.Tensor]) -> None:
         from safetensors.torch import save_file
 

@@ -24,25 +24,40 @@ from paligemma_cli.merge.params import MergeParams, MergeStats, TensorHints
 
 class RegMeanGrams:
     """One tensor's side input: each expert's Gram matrix of the layer's inputs (None: that expert
-    was not calibrated on this layer, e.g. an adapter that leaves it unchanged), factored once."""
+    was not calibrated on this layer), shrunk and factored once for all row chunks of the tensor.
+
+    The shrunk Grams stay float32 (the products with the task vectors' rows accumulate in float32,
+    as the Grams themselves); S = sum_t G~_t is summed, factored and solved in float64. Held per
+    tensor: T float32 Grams and one float64 factor (a 3B down_proj: 2 x 1 GB + 2 GB)."""
 
     def __init__(self, grams: Sequence[torch.Tensor | None], alpha: float):
         self.grams, self.alpha = list(grams), alpha
+        self._shrunk: list[torch.Tensor] | None = None
         self._factor: tuple[str, torch.Tensor, torch.Tensor | None] | None = None
+        self.incomplete = any(g is None for g in self.grams)  # then the tensor gets the plain mean
 
     def shrunk(self, i: int) -> torch.Tensor:
-        g = self.grams[i].to(torch.float64)
-        if self.alpha == 1.0:
-            return g
-        return self.alpha * g + (1.0 - self.alpha) * torch.diag(torch.diagonal(g))
+        if self._shrunk is None:
+            self._shrunk = []
+            for g in self.grams:
+                g = g.to(torch.float32)
+                if self.alpha != 1.0:
+                    diagonal = torch.diagonal(g).clone()
+                    g = g * self.alpha
+                    torch.diagonal(g).copy_(diagonal)  # a*G + (1-a)*diag(G): the diagonal is kept whole
+                self._shrunk.append(g)
+            self.grams = []  # the raw Grams are no longer needed
+        return self._shrunk[i]
 
     def solve(self, rhs: torch.Tensor) -> torch.Tensor:
         """X with X S = rhs (rows of rhs), S = sum_t G~_t; S is symmetric, so S X^T = rhs^T."""
         if self._factor is None:
-            total = sum(self.shrunk(i) for i in range(len(self.grams)))
+            total = sum(self.shrunk(i).to(torch.float64) for i in range(len(self._shrunk or self.grams)))
             chol, info = torch.linalg.cholesky_ex(total)
             self._factor = ("chol", chol, None) if int(info) == 0 else ("lu", *torch.linalg.lu_factor(total))
+            del total
         kind, a, b = self._factor
+        rhs = rhs.to(torch.float64)
         if kind == "chol":
             return torch.cholesky_solve(rhs.T, a).T
         return torch.linalg.lu_solve(a, b, rhs.T).T
@@ -51,7 +66,7 @@ class RegMeanGrams:
 def regmean(base: torch.Tensor, deltas: Sequence[torch.Tensor], p: MergeParams,
             hints: TensorHints) -> tuple[torch.Tensor, MergeStats]:
     side, stats = hints.side, MergeStats(entries=sum(d.numel() for d in deltas))
-    if side is None or any(g is None for g in side.grams) or base.dim() != 2:
+    if side is None or side.incomplete or base.dim() != 2:
         return sum(deltas) / len(deltas), stats  # the experts' plain mean
-    rhs = sum(d.to(torch.float64) @ side.shrunk(i) for i, d in enumerate(deltas))
+    rhs = sum(d.to(torch.float32) @ side.shrunk(i) for i, d in enumerate(deltas))
     return side.solve(rhs).to(base.dtype), stats
