@@ -62,11 +62,8 @@ def merge_flags(method, params):
 
 
 def headline(metrics_json):
-    data = json.loads(Path(metrics_json).read_text())
-    for key in ("score", "headline", "main"):
-        if isinstance(data.get(key), (int, float)):
-            return float(data[key])
-    return data
+    """metrics.json's "metrics" dict; the study's results.csv names which entry is the headline."""
+    return json.loads(Path(metrics_json).read_text())["metrics"]
 
 
 def main():
@@ -121,7 +118,7 @@ def main():
             for i, (method, params) in enumerate(MERGES):
                 if row["method"] == method and all(str(row.get(k, "")) in (str(v), str(float(v))) for k, v in params.items()):
                     label = f"merge{i}"
-            want = loop_scores.get((label, row["task"]))
+            want = (loop_scores.get((label, row["task"])) or {}).get(row["metric"])
             if want is None or float(row["score"]) != want:
                 mismatches.append((row["model"], row["task"], row["score"], want))
 
