@@ -48,7 +48,7 @@ def build_experts(work, steps, examples):
         data, run = work / f"data_{task}", work / f"expert_{task}"
         if not (run / "adapter_config.json").exists() and not any(run.rglob("adapter_config.json")):
             pgm("data", "synth", task, data, "--num-examples", examples, cwd=work)
-            pgm("train", task, "--model-path", "tiny", "--data-root", data, "--max-steps", steps, "-o", run, cwd=work)
+            pgm("train", task, "--model-path", "tiny", "--data-root", data, "--max-steps", steps, "--output-dir", run, cwd=work)
         adapter = next(run.rglob("adapter_config.json")).parent
         experts[task] = (adapter, data)
     return experts
