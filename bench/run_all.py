@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).parent
-ALL = ["metrics", "generate", "train", "merge", "scoring", "startup"]
+ALL = ["metrics", "generate", "train", "merge", "scoring", "startup", "study"]
 
 if __name__ == "__main__":
     chosen = sys.argv[1:] or ALL
