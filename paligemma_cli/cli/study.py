@@ -49,7 +49,8 @@ class StudyEvents(RichEvents):
 
 
 def study(
-    study_file: Path = typer.Argument(..., help="The study's YAML file (shape above).", show_default=False),
+    study_file: Path = typer.Argument(..., metavar="STUDY.yaml", help="The study's YAML file (shape above).",
+                                      show_default=False),
     output: Path = typer.Option(..., "--output", "-o", help="Folder for results.csv, report.md and the plot."),
     base_model: Optional[str] = typer.Option(None, "--base-model", help="Overrides base_model."),
     max_eval_samples: Optional[int] = typer.Option(None, "--max-eval-samples", min=1,
