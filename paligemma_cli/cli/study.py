@@ -27,7 +27,7 @@ STUDY.yaml names the base model, one expert per task (a pgm train output or a fu
 
 Other keys: quantization (default 4bit, as pgm eval), compute_dtype, batch_size, max_new_tokens. Grid parameters: density, lambda, gamma, epsilon, common_fraction, normalize, seed, regmean_alpha, calibration_samples (as pgm merge's flags; regmean calibrates each expert on its own data_root). Flags override the file's keys.
 
-The base loads once per merge and no merge is written (--save-merges writes each as pgm merge would); a cell's score equals pgm merge followed by pgm eval --model-path with the same quantisation. OUTPUT gets results.csv (one row per model x task: score, expert_score, normalized = score / expert_score), report.md (the base's zero-shot row, the expert x task matrix, one row per merge, mean normalised score; every metric on the 0-100 scale papers use) and normalized.png (normalised score against each swept parameter).
+The base loads once per merge and no merge is written (--save-merges writes each as pgm merge would); a cell's score equals pgm merge followed by pgm eval --model-path with the same quantisation. OUTPUT gets study.json (the settings a continued study must keep), results.csv (one row per model x task: score, expert_score, normalized = score / expert_score), report.md (the base's zero-shot row, the expert x task matrix, one row per merge, mean normalised score; every metric on the 0-100 scale papers use) and normalized.png (normalised score against each swept parameter).
 
 Run the same command again to continue a killed study or one whose grid grew: the cells in results.csv are skipped. --overwrite starts over.
 
@@ -78,7 +78,10 @@ def study(
 
     base_folder = resolve_model_path(spec.base_model)
     check_study(spec, base_folder)  # experts against the base, the grid's parameters: nothing loads
-    from paligemma_cli.study.run import REPORT, StudyRun
+    from paligemma_cli.study.run import REPORT, StudyRun, check_continues
+
+    if resume:
+        check_continues(spec, output)  # an earlier study with other settings is not mixed in
 
     events = StudyEvents()
     with claim_output(output, "study", overwrite=overwrite, resume=resume, flag="--output") as out:

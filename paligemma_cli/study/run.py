@@ -23,7 +23,34 @@ from paligemma_cli.outputs import Output
 from paligemma_cli.study.report import BASE, EXPERT, CellResult, plot_png, read_results, report_md, results_csv
 from paligemma_cli.study.spec import Expert, GridPoint, Study, merge_request
 
-RESULTS, REPORT, PLOT, MERGES = "results.csv", "report.md", "normalized.png", "merges"
+RESULTS, REPORT, PLOT, MERGES, SETTINGS = "results.csv", "report.md", "normalized.png", "merges", "study.json"
+
+
+def settings(study: Study) -> dict[str, Any]:
+    """What a cell's score depends on besides its model and task: a study continued in the same
+    folder must have the same (else its old and new cells would not be comparable)."""
+    return {"base_model": study.base_model, "quantization": study.quantization, "compute_dtype": study.compute_dtype,
+            "max_eval_samples": study.max_eval_samples, "max_new_tokens": study.max_new_tokens,
+            "experts": {e.name: {"task": e.task, "path": str(e.path), "data_root": str(e.data_root)}
+                        for e in study.experts}}
+
+
+def check_continues(study: Study, folder: Path) -> None:
+    """Refuse to continue an earlier study in `folder` whose settings differ (one line, the first difference)."""
+    import json
+
+    from paligemma_cli.errors import PgmError
+
+    try:
+        earlier = json.loads((Path(folder) / SETTINGS).read_text())
+    except (OSError, ValueError):
+        return
+    now = json.loads(json.dumps(settings(study)))
+    for key in now:
+        if earlier.get(key) != now[key]:
+            raise PgmError(f"--output {folder} holds a study with another {key} ({earlier.get(key)!r}, now "
+                           f"{now[key]!r}), so its cells would not compare.",
+                           "Use another --output, or --overwrite to start over.")
 
 
 @dataclass(frozen=True)
@@ -79,6 +106,9 @@ class StudyRun:
         if not todo:
             self.write_report()
             return self.cells
+        import json
+
+        self.output.write(SETTINGS, json.dumps(settings(self.study), indent=2))
         self.events.message(f"{total - sum(len(t) for _, t in todo)} of {total} cells already done in "
                             f"{self.output.path}; running the other {sum(len(t) for _, t in todo)}.")
         needed = {t for _, tasks in todo for t in tasks}

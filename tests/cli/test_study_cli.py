@@ -23,7 +23,7 @@ def test_study_writes_the_report_and_a_rerun_does_nothing_new(tmp_path, trained_
     assert "[10/10] ties density=0.6 on gqa" in first.stdout
     assert "| expert vqav2 |" in first.stdout and "mean normalised" in first.stdout
     assert sorted(p.name for p in (tmp_path / "out").iterdir() if not p.name.startswith(".")) == [
-        "normalized.png", "report.md", "results.csv"]
+        "normalized.png", "report.md", "results.csv", "study.json"]
     again = _pgm(["study", "study.yaml", "-o", "out", "--quantization", "none"], tmp_path)
     assert again.returncode == 0, again.stdout + again.stderr
     assert "[" not in again.stdout.split("# Merging study")[0]  # no cell ran again

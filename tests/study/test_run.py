@@ -129,3 +129,16 @@ def test_a_regmean_cell_calibrates_each_expert_on_its_task_and_scores_as_pgm_mer
         result = run_evaluation(t, DataConfig(task=task, data_root=data, max_eval_samples=12), batch_size=12,
                                 model_cfg=ModelConfig(model_path=str(written), quantization="none"))
         assert scores["regmean calibration_samples=8", task] == t.headline_0_100(result.metrics)
+
+
+def test_a_study_with_other_settings_does_not_continue_in_the_same_folder(tmp_path, trained_experts):
+    from paligemma_cli.errors import PgmError
+    from paligemma_cli.study.run import check_continues
+
+    study = _study(tmp_path, trained_experts, [{"method": "linear"}], quantization="none")
+    out = tmp_path / "study"
+    _run(study, out)
+    check_continues(study, out)  # the same settings: fine
+    other = _study(tmp_path, trained_experts, [{"method": "linear"}], quantization="none", max_eval_samples=6)
+    with pytest.raises(PgmError, match=r"another max_eval_samples \(12, now 6\)"):
+        check_continues(other, out)
