@@ -4,7 +4,8 @@ Side by side in one run, as whole processes: builds 4 tiny experts (vqav2, gqa, 
 short QLoRA runs on synthetic data, then times (a) one `pgm study STUDY.yaml` over 8 merges x 4 tasks
 (+ base and expert rows) and (b) the same cells as `pgm merge -o DIR` + `pgm eval` per task, one
 process each. Prints wall of each side (goal >= 5x), peak RSS of the study process vs one `pgm eval`
-(goal <= 1.5x, from os.wait4's ru_maxrss) and checks the study's scores equal the loop's metrics.json.
+(goal <= 1.5x, from os.wait4's ru_maxrss, which includes waited-for children such as
+pycocoevalcap's Java; also printed per task) and checks the study's scores equal the loop's metrics.json.
 
     python bench/bench_study.py [--workdir DIR] [--max-eval-samples N] [--quantization none|4bit] [--keep]
 """
@@ -86,7 +87,7 @@ def main():
         shutil.rmtree(work / "study_out", ignore_errors=True)
         study_wall, study_rss = pgm("study", "STUDY.yaml", "-o", "study_out", "--quantization", q, cwd=work)
 
-        loop_wall, eval_rss, loop_scores = 0.0, 0.0, {}
+        loop_wall, eval_rss, loop_scores, task_rss = 0.0, 0.0, {}, {}
         loop = work / "loop"
         shutil.rmtree(loop, ignore_errors=True)
         loop.mkdir()
@@ -97,6 +98,7 @@ def main():
             w, r = pgm("eval", "--task", task, *model_args, "--data-root", experts[task][1], "--max-eval-samples", n,
                        "--quantization", q, "-o", out, cwd=work)
             loop_wall, eval_rss = loop_wall + w, max(eval_rss, r)
+            task_rss[task] = max(task_rss.get(task, 0.0), r)
             loop_scores[label, task] = headline(next(out.rglob("metrics.json")))
 
         for task in TASKS:
@@ -128,6 +130,11 @@ def main():
         print(f"\nspeed-up {loop_wall / study_wall:.2f}x (goal >= 5x); "
               f"RSS study / one eval {study_rss / eval_rss:.2f}x (goal <= 1.5x); "
               f"scores equal: {'yes' if not mismatches else f'NO, {len(mismatches)} differ: {mismatches[:5]}'}")
+        # wait4's ru_maxrss covers the process's waited-for children too: for COCO that is the Java of
+        # pycocoevalcap's tokenizer and METEOR (a 2 GB heap asked), so the largest eval is the COCO one.
+        print("peak RSS of one pgm eval per task (MiB, incl. its Java children): "
+              + ", ".join(f"{t} {r:.0f}" for t, r in task_rss.items())
+              + f"; study / smallest {study_rss / min(task_rss.values()):.2f}x")
         return 1 if mismatches else 0
     finally:
         if not args.keep and not args.workdir:

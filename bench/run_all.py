@@ -3,7 +3,8 @@
 The merge benchmark writes ~12 GB of synthetic 3B-shaped checkpoints to a temp dir and takes
 minutes (beside mergekit, which it installs into a throw-away venv, about an hour on 2 cores); the
 scoring benchmark writes ~2.5 GB of official-format JSON (GQA val at its real size) and the official
-GQA loop it runs beside pgm peaks at ~11 GB of RAM. Pass names to run a subset:
+GQA loop it runs beside pgm peaks at ~11 GB of RAM; study_cell writes three 5.85 GB checkpoints and its
+in-memory side holds a 3B merge twice in RAM; regmean writes ~2 GB of Gram matrices per expert. Pass names to run a subset:
 `python bench/run_all.py metrics generate`.
 """
 
@@ -12,7 +13,7 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).parent
-ALL = ["metrics", "generate", "train", "merge", "scoring", "startup", "study"]
+ALL = ["metrics", "generate", "train", "merge", "scoring", "startup", "study", "study_cell", "regmean"]
 
 if __name__ == "__main__":
     chosen = sys.argv[1:] or ALL

@@ -124,6 +124,8 @@ def _spice(ids: list, gts: dict, res: dict, metrics: dict, per_image: dict, unav
 def caption_metrics(
     predictions: Mapping[Hashable, str],
     references: Mapping[Hashable, Sequence[str]],
+    *,
+    cider_only: bool = False,
 ) -> dict:
     """COCO caption metrics of one predicted caption per image against its reference captions.
 
@@ -135,6 +137,8 @@ def caption_metrics(
     "per_image": {image_id: {"Bleu_4", "METEOR", "ROUGE_L", "CIDEr"[, "SPICE"]}},
     "unavailable": {metric: why and how to install}}`` on pycocoevalcap's raw scales.
     BLEU is corpus-level (not the mean of per-image BLEU). Raises `PgmError` when Java is missing.
+    `cider_only` computes CIDEr alone (same tokens, same value), skipping METEOR's and SPICE's JVMs
+    (~6 s each): for callers that need only the headline, like `pgm study`'s cells.
     """
     ids = list(references)
     _check_references(ids, references)
@@ -155,6 +159,9 @@ def caption_metrics(
         for i, s in zip(ids, scores):  # scorers return per-image scores in gts key order
             per_image[i][name] = float(s)
 
+    if cider_only:
+        record("CIDEr", *Cider().compute_score(gts, res))
+        return {"metrics": metrics, "per_image": per_image, "unavailable": {}}
     bleu, bleu_per_image = Bleu(4).compute_score(gts, res, verbose=0)
     for n in range(4):
         metrics[f"Bleu_{n + 1}"] = float(bleu[n])

@@ -6,7 +6,8 @@ loaded with the same `from_pretrained` call, quantisation and dtype as `pgm eval
 on the written merge, so a cell's score is the one that pair of commands gives. Each model loads
 once and is evaluated on every task that still needs it; each task's examples and scorer inputs
 are read once. results.csv is rewritten after every cell, so a killed or extended study skips the
-cells it holds.
+cells it holds. A cell records only its task's headline metric, so only that is computed (for COCO,
+CIDEr without METEOR's and SPICE's Java runs; same value as `pgm eval`'s).
 """
 
 from __future__ import annotations
@@ -170,7 +171,8 @@ class StudyRun:
         examples, extra = inputs
         result = evaluate_model(task, model, processor, examples,
                                 max_new_tokens=self.study.max_new_tokens or task.max_new_tokens,
-                                batch_size=self.study.batch_size, extra=extra, events=self.events)
+                                batch_size=self.study.batch_size, extra={**extra, "headline_only": True},
+                                events=self.events)
         score = task.headline_0_100(result.metrics)
         cell = CellResult(row.label, row.method, row.params, task.name, task.headline,
                           float("nan") if score is None else score)

@@ -102,7 +102,8 @@ class COCOCaptions(Task):
         if any(not r for r in refs.values()):
             raise PgmError("Some images have no reference captions (a test split?).",
                            "Use --submission to write results for the eval server instead of scoring.")
-        result = caption_metrics(predictions, refs)
+        # extra["headline_only"]: CIDEr alone (pgm study's cells), not METEOR's and SPICE's JVMs
+        result = caption_metrics(predictions, refs, cider_only=bool(extra.get("headline_only")))
         per = {k: v.get("CIDEr", 0.0) for k, v in result["per_image"].items()}
         unavailable = dict(result.get("unavailable", {}))
         metrics = {**result["metrics"], **{name: None for name in unavailable}}

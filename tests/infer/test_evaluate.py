@@ -274,6 +274,19 @@ def test_test_split_without_answers_is_not_scored():
     assert [r["answer"] for r in result.rows] == ["a", "b"]
 
 
+@pytest.mark.skipif(__import__("shutil").which("java") is None, reason="pycocoevalcap needs Java")
+def test_headline_only_scores_coco_by_the_same_cider_alone():
+    """pgm study passes extra["headline_only"]: a COCO cell computes CIDEr alone, equal to the full run's."""
+    task = get_task("coco")
+    examples = [Example(id=i, image=None, prefix="caption en", answers=refs) for i, refs in
+                [(1, ["a red circle on a blue square"]), (2, ["two green dots", "a pair of green dots"])]]
+    predictions = {1: "a red circle on a square", 2: "green dots"}
+    full = score(task, predictions, examples, {})
+    only = score(task, predictions, examples, {"headline_only": True})
+    assert set(full.metrics) > {"CIDEr", "METEOR"} and only.metrics == {"CIDEr": full.metrics["CIDEr"]}
+    assert [r["score"] for r in only.rows] == [r["score"] for r in full.rows]
+
+
 # ----- outputs ------------------------------------------------------------------------------------
 
 def test_outputs_and_the_submission_format(tmp_path):

@@ -127,3 +127,17 @@ def test_missing_java_is_a_user_error(monkeypatch):
 def test_image_without_references_is_a_user_error():
     with pytest.raises(PgmError, match="no reference captions"):
         caption_metrics({1: "a cat"}, {1: ["a cat"], 2: []})
+
+
+@requires_java
+def test_cider_only_is_the_full_runs_cider_without_meteor(result, monkeypatch):
+    import pycocoevalcap.meteor.meteor as meteor
+
+    def no_meteor(*args, **kwargs):
+        raise AssertionError("cider_only started METEOR's JVM")
+
+    monkeypatch.setattr(meteor, "Meteor", no_meteor)
+    only = caption_metrics(PREDICTIONS, REFERENCES, cider_only=True)
+    assert only["metrics"] == {"CIDEr": result["metrics"]["CIDEr"]}
+    assert {i: s["CIDEr"] for i, s in only["per_image"].items()} == {
+        i: s["CIDEr"] for i, s in result["per_image"].items()}
