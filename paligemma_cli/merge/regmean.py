@@ -28,7 +28,8 @@ class RegMeanGrams:
 
     The shrunk Grams stay float32 (the products with the task vectors' rows accumulate in float32,
     as the Grams themselves); S = sum_t G~_t is summed, factored and solved in float64. Held per
-    tensor: T float32 Grams and one float64 factor (a 3B down_proj: 2 x 1 GB + 2 GB)."""
+    tensor: T float32 Grams, S and its factor in float64 (a 3B down_proj, two experts: 2 x 1 GB + 2 x 2 GB
+    while factoring, then 2 x 1 GB + 2 GB)."""
 
     def __init__(self, grams: Sequence[torch.Tensor | None], alpha: float):
         self.grams, self.alpha = list(grams), alpha
@@ -39,20 +40,22 @@ class RegMeanGrams:
     def shrunk(self, i: int) -> torch.Tensor:
         if self._shrunk is None:
             self._shrunk = []
-            for g in self.grams:
-                g = g.to(torch.float32)
+            while self.grams:  # each raw Gram is dropped once shrunk: T + 1 Grams held at most, not 2T
+                g = self.grams.pop(0).to(torch.float32)
                 if self.alpha != 1.0:
                     diagonal = torch.diagonal(g).clone()
                     g = g * self.alpha
                     torch.diagonal(g).copy_(diagonal)  # a*G + (1-a)*diag(G): the diagonal is kept whole
                 self._shrunk.append(g)
-            self.grams = []  # the raw Grams are no longer needed
         return self._shrunk[i]
 
     def solve(self, rhs: torch.Tensor) -> torch.Tensor:
         """X with X S = rhs (rows of rhs), S = sum_t G~_t; S is symmetric, so S X^T = rhs^T."""
         if self._factor is None:
-            total = sum(self.shrunk(i).to(torch.float64) for i in range(len(self._shrunk or self.grams)))
+            self.shrunk(0)
+            total = self._shrunk[0].to(torch.float64)
+            for g in self._shrunk[1:]:
+                total.add_(g)  # in place: one float64 matrix, not one per expert
             chol, info = torch.linalg.cholesky_ex(total)
             self._factor = ("chol", chol, None) if int(info) == 0 else ("lu", *torch.linalg.lu_factor(total))
             del total
