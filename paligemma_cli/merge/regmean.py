@@ -53,7 +53,7 @@ class RegMeanGrams:
         """X with X S = rhs (rows of rhs), S = sum_t G~_t; S is symmetric, so S X^T = rhs^T."""
         if self._factor is None:
             self.shrunk(0)
-            total = self._shrunk[0].to(torch.float64)
+            total = self._shrunk[0].to(torch.float64, copy=True)
             for g in self._shrunk[1:]:
                 total.add_(g)  # in place: one float64 matrix, not one per expert
             chol, info = torch.linalg.cholesky_ex(total)

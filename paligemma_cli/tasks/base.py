@@ -137,6 +137,8 @@ class Task:
 
     def score(self, predictions: dict[Hashable, str], examples: Sequence[Example],
               extra: dict[str, Any]) -> Score:
+        """Score {id: prediction}. `extra` holds load_score_extra's files and scorer options; with
+        extra["headline_only"] a task may compute only its headline metric (COCO: CIDEr alone)."""
         raise NotImplementedError
 
     def load_score_extra(self, root: Path | None, split: str) -> dict[str, Any]:
